@@ -1,0 +1,269 @@
+#include "fiber/fiber.h"
+
+#include <atomic>
+#include <cstdio>
+#include <cstdlib>
+#include <exception>
+#include <new>
+#include <typeinfo>
+#include <utility>
+
+#include "fiber/internal/context.h"
+#include "fiber/internal/fatal.h"
+#include "fiber/internal/sanitizers.h"
+
+// Invariants:
+//  - gort_fiber_thread_state.current is the fiber running on this thread. It is written only by
+//    the thread itself, just before a switch (SwitchImpl) and when the
+//    thread fiber is created, and read only through Fiber::Current().
+//  - A fiber's sp_ is meaningful only while it is not kRunning; it is
+//    written by gort_fiber_switch on the fiber's own thread and read by the
+//    thread that resumes it, after a handoff that the scheduler synchronises
+//    (the AfterSwitch hook publishes a fiber only once its sp_ is stored).
+//  - A fiber's pending_after_/pending_arg_ are written by the fiber itself
+//    just before it switches away and read by OnResumed on the destination
+//    before `after` runs; after that the source may be resumed elsewhere.
+
+namespace __cxxabiv1 {
+struct __cxa_eh_globals;
+extern "C" __cxa_eh_globals* __cxa_get_globals() noexcept;
+}  // namespace __cxxabiv1
+
+namespace gort {
+namespace {
+
+using fiber_internal::EhGlobals;
+using fiber_internal::ThreadState;
+
+// Everything the switch needs from the thread, behind one TLS access: the
+// running fiber and the address of libstdc++'s per-thread exception state
+// (looked up once: __cxa_get_globals goes through the dynamic TLS model).
+
+// Storage for the calling thread's thread fiber (never destroyed: it holds
+// no resources, and thread exit releases the storage).
+struct alignas(Fiber) ThreadFiberStorage {
+  unsigned char bytes[sizeof(Fiber)];
+};
+thread_local ThreadFiberStorage t_thread_fiber;
+
+// Fiber ids are handed out in per-thread batches so that spawning from many
+// threads does not contend on one cache line.
+std::atomic<std::uint64_t> g_next_id_batch{1};
+constexpr std::uint64_t kIdBatch = 1024;
+thread_local std::uint64_t t_next_id = 0;
+thread_local std::uint64_t t_id_limit = 0;
+
+GORT_TLS_ACCESSOR std::uint64_t NextId() {
+  if (t_next_id == t_id_limit) {
+    t_next_id = g_next_id_batch.fetch_add(kIdBatch, std::memory_order_relaxed);
+    t_id_limit = t_next_id + kIdBatch;
+  }
+  return t_next_id++;
+}
+
+ThreadState* InitThreadState();
+
+}  // namespace
+
+namespace fiber_internal {
+extern "C" {
+__thread ThreadState gort_fiber_thread_state
+    __attribute__((tls_model("initial-exec")));
+}
+
+GORT_TLS_ACCESSOR ThreadState* CurrentThreadStateSlow() {
+  ThreadState* ts = &fiber_internal::gort_fiber_thread_state;
+  if (__builtin_expect(ts->current == nullptr, 0)) return InitThreadState();
+  return ts;
+}
+}  // namespace fiber_internal
+
+namespace {
+using fiber_internal::CurrentThreadState;
+
+}  // namespace
+
+// Grants this file's helpers access to Fiber's private constructor.
+struct FiberAccess {
+  static Fiber* NewThreadFiber() {
+    PrepareThreadForStacks();  // alternate signal stack for overflow reports
+    return new (t_thread_fiber.bytes) Fiber(NextId());
+  }
+};
+
+namespace {
+GORT_TLS_ACCESSOR ThreadState* InitThreadState() {
+  ThreadState* ts = &fiber_internal::gort_fiber_thread_state;
+  ts->eh = reinterpret_cast<EhGlobals*>(__cxxabiv1::__cxa_get_globals());
+  ts->current = FiberAccess::NewThreadFiber();
+  return ts;
+}
+}  // namespace
+
+Fiber::Fiber(Function fn, Stack stack, const char* name)
+    : id_(NextId()), name_(name), stack_(std::move(stack)), fn_(std::move(fn)) {
+  stack_.SetOwnerId(id_);
+#if defined(__SANITIZE_ADDRESS__)
+  asan_stack_bottom_ = stack_.base();
+  asan_stack_size_ = stack_.size();
+#endif
+#if defined(__SANITIZE_THREAD__)
+  tsan_fiber_ = __tsan_create_fiber(0);
+#endif
+}
+
+Fiber::Fiber(std::uint64_t id) : id_(id), state_(State::kRunning) {
+#if defined(__SANITIZE_THREAD__)
+  tsan_fiber_ = __tsan_get_current_fiber();
+#endif
+}
+
+Fiber::~Fiber() = default;
+
+
+
+Fiber* Fiber::Create(Function fn, const Options& options) {
+  return Create(std::move(fn), Stack::Allocate(options.stack_size),
+                options.name);
+}
+
+Fiber* Fiber::Create(Function fn, Stack stack, const char* name) {
+  if (!stack) fiber_internal::Fatal("Fiber::Create: empty stack");
+  if (!fn) fiber_internal::Fatal("Fiber::Create: empty function");
+  // Control block at the top of the stack, then the first switch frame.
+  auto top = reinterpret_cast<std::uintptr_t>(stack.top());
+  std::uintptr_t block = (top - sizeof(Fiber)) & ~std::uintptr_t{63};
+  std::uintptr_t frame =
+      (block - sizeof(fiber_internal::SwitchFrame)) & ~std::uintptr_t{15};
+  Fiber* f = new (reinterpret_cast<void*>(block))
+      Fiber(std::move(fn), std::move(stack), name);
+  fiber_internal::InitFrame(
+      reinterpret_cast<fiber_internal::SwitchFrame*>(frame), &Fiber::Entry, f);
+  f->sp_ = reinterpret_cast<void*>(frame);
+  return f;
+}
+
+void Fiber::Destroy(Fiber* fiber) {
+  if (fiber->is_thread_fiber()) {
+    fiber_internal::Fatal("Fiber::Destroy: fiber %llu is a thread fiber",
+                          static_cast<unsigned long long>(fiber->id_));
+  }
+  if (fiber->state_ != State::kReady && fiber->state_ != State::kFinished) {
+    fiber_internal::Fatal(
+        "Fiber::Destroy: fiber %llu is still running or suspended",
+        static_cast<unsigned long long>(fiber->id_));
+  }
+#if defined(__SANITIZE_THREAD__)
+  __tsan_destroy_fiber(fiber->tsan_fiber_);
+#endif
+  Stack stack = std::move(fiber->stack_);
+  fiber->~Fiber();
+  // `stack` goes back to the pool here (poisoned for ASan while pooled).
+}
+
+void Fiber::ExitTo(Fiber* to, AfterSwitch after, void* arg) {
+  SwitchImpl(to, after, arg, /*exiting=*/true);
+  __builtin_unreachable();
+}
+
+void Fiber::BadSwitch(Fiber* from, Fiber* to, bool exiting) {
+  if (exiting && from->is_thread_fiber()) {
+    fiber_internal::Fatal("Fiber::ExitTo called on a thread fiber");
+  }
+  fiber_internal::Fatal("fiber switch: target fiber %llu is %s",
+                        static_cast<unsigned long long>(to->id_),
+                        to->state_ == State::kRunning ? "running"
+                                                      : "finished");
+}
+
+void Fiber::BadResume(Fiber* f) {
+  fiber_internal::Fatal("Fiber::Resume: fiber %llu is %s",
+                        static_cast<unsigned long long>(f->id_),
+                        f->state_ == State::kRunning ? "running" : "finished");
+}
+
+void Fiber::BadSuspend(Fiber* f) {
+  fiber_internal::Fatal(
+      "Fiber::Suspend: fiber %llu was not entered through Resume()",
+      static_cast<unsigned long long>(f->id_));
+}
+
+void Fiber::SanitizerStartSwitch(Fiber* from, Fiber* to, bool exiting) {
+#if defined(__SANITIZE_ADDRESS__)
+  __sanitizer_start_switch_fiber(exiting ? nullptr : &from->asan_fake_stack_,
+                                 to->asan_stack_bottom_, to->asan_stack_size_);
+#endif
+#if defined(__SANITIZE_THREAD__)
+  __tsan_switch_to_fiber(to->tsan_fiber_, 0);
+#endif
+}
+
+void Fiber::SanitizerFinishSwitch(Fiber* from) {
+#if defined(__SANITIZE_ADDRESS__)
+  const void* old_bottom = nullptr;
+  std::size_t old_size = 0;
+  __sanitizer_finish_switch_fiber(Current()->asan_fake_stack_, &old_bottom,
+                                  &old_size);
+  if (from->is_thread_fiber()) {
+    from->asan_stack_bottom_ = old_bottom;
+    from->asan_stack_size_ = old_size;
+  }
+#endif
+}
+
+void Fiber::Entry(void* self_arg, void* transfer) {
+  auto* self = static_cast<Fiber*>(self_arg);
+  OnResumed(static_cast<Fiber*>(transfer));
+  {
+    Function fn = std::move(self->fn_);
+    try {
+      std::move(fn)();
+    } catch (const std::exception& e) {
+      fiber_internal::Fatal("uncaught exception in fiber %llu%s%s%s: %s: %s",
+                            static_cast<unsigned long long>(self->id_),
+                            self->name_ ? " (" : "",
+                            self->name_ ? self->name_ : "",
+                            self->name_ ? ")" : "", typeid(e).name(),
+                            e.what());
+    } catch (...) {
+      fiber_internal::Fatal(
+          "uncaught exception in fiber %llu%s%s%s (not a std::exception)",
+          static_cast<unsigned long long>(self->id_), self->name_ ? " (" : "",
+          self->name_ ? self->name_ : "", self->name_ ? ")" : "");
+    }
+  }  // the function object, and what it captured, is destroyed here
+  if (self->exit_handler_ != nullptr) {
+    self->exit_handler_(self);
+    fiber_internal::Fatal("fiber %llu: exit handler returned",
+                          static_cast<unsigned long long>(self->id_));
+  }
+  if (self->resumer_ == nullptr) {
+    fiber_internal::Fatal(
+        "fiber %llu finished with nowhere to return: it was never Resume()d "
+        "and has no exit handler",
+        static_cast<unsigned long long>(self->id_));
+  }
+  ExitTo(self->resumer_);
+}
+
+void* Fiber::SavedFramePointer() const {
+  if (state_ != State::kSuspended || sp_ == nullptr) return nullptr;
+  const auto* f = static_cast<const fiber_internal::SwitchFrame*>(sp_);
+#if defined(__x86_64__)
+  return reinterpret_cast<void*>(f->rbp);
+#else
+  return reinterpret_cast<void*>(f->x29);
+#endif
+}
+
+void* Fiber::SavedProgramCounter() const {
+  if (state_ != State::kSuspended || sp_ == nullptr) return nullptr;
+  const auto* f = static_cast<const fiber_internal::SwitchFrame*>(sp_);
+#if defined(__x86_64__)
+  return reinterpret_cast<void*>(f->return_address);
+#else
+  return reinterpret_cast<void*>(f->x30);
+#endif
+}
+
+}  // namespace gort

@@ -1,0 +1,304 @@
+// gort/fiber: stackful fibers and the context switch beneath gort's scheduler.
+//
+// A Fiber is a function with its own stack that runs until it chooses to
+// switch to another fiber. //fiber has no scheduler: it is usable alone for
+// generators and coroutines (Resume/Suspend), and it is the mechanism //sched
+// builds goroutines on (SwitchTo/ExitTo with a post-switch hook).
+//
+//   gort::Fiber* gen = gort::Fiber::Create([&] {
+//     for (int i = 0; i < 3; ++i) { value = i; gort::Fiber::Suspend(); }
+//   });
+//   while (gen->Resume(), !gen->finished()) Use(value);
+//   gort::Fiber::Destroy(gen);
+//
+// Every OS thread implicitly owns a "thread fiber" standing for its original
+// stack, so Fiber::Current() is never null and a thread can switch to a fiber
+// and be switched back to like any other fiber.
+//
+// Threading rules:
+//  - A fiber runs on one thread at a time. A suspended fiber may be resumed on
+//    any thread (it migrates); resuming a fiber that is running, or resuming
+//    it from two threads at once, is undefined: the caller (a scheduler)
+//    guarantees exclusive ownership of a suspended fiber.
+//  - Switching is a full memory barrier for the fibers involved: everything
+//    a fiber did before it was switched away from is visible to it after it
+//    is resumed, on whatever thread, provided the handoff between threads
+//    was itself synchronised (a scheduler's queues are).
+//  - thread_local variables are per OS thread, not per fiber. A fiber that
+//    migrates sees the new thread's values, and the compiler must not cache
+//    a thread_local's address across a switch: read runtime thread-locals
+//    through functions marked GORT_TLS_ACCESSOR (Fiber::Current() is one).
+//
+// Memory: the fiber's control block lives inside the top of its own stack
+// (as Photon does), so a fiber costs its touched stack pages and nothing else.
+//
+// An exception that escapes a fiber's function terminates the process with
+// "fatal: uncaught exception in fiber <id>: <what()>", as an unrecovered panic
+// ends a Go program.
+
+#ifndef GORT_FIBER_FIBER_H_
+#define GORT_FIBER_FIBER_H_
+
+#include <cstddef>
+#include <cstdint>
+
+#include "absl/functional/any_invocable.h"
+#include "fiber/internal/context.h"
+#include "stack/stack.h"
+
+// Marks a function whose result depends on the OS thread it runs on, so that
+// the compiler may neither inline it nor reuse its result across a call that
+// switches fibers (which may move the caller to another thread). GCC and
+// Clang both cache TLS addresses across calls otherwise.
+#define GORT_TLS_ACCESSOR __attribute__((noinline, noipa))
+
+namespace gort {
+
+class Fiber;
+
+namespace fiber_internal {
+// libstdc++'s per-thread exception state (__cxa_eh_globals).
+struct EhGlobals {
+  void* caught_exceptions;
+  unsigned int uncaught_exceptions;
+};
+// What the switch needs from the running thread.
+struct ThreadState {
+  Fiber* current = nullptr;
+  EhGlobals* eh = nullptr;
+};
+// The calling thread's state, read so that the compiler can never reuse the
+// address across a switch (a fiber may be on another thread after one).
+// Out of line (GORT_TLS_ACCESSOR): the portable form.
+GORT_TLS_ACCESSOR ThreadState* CurrentThreadStateSlow();
+#if defined(__x86_64__) && defined(__ELF__)
+// The thread's state, with the initial-exec TLS model (gort is never
+// dlopen()ed after start-up in a way that matters: libstdc++ itself does the
+// same). Inline, through `asm volatile`, which the compiler may not cache.
+extern "C" {
+extern __thread ThreadState gort_fiber_thread_state
+    __attribute__((tls_model("initial-exec")));
+}
+inline ThreadState* CurrentThreadState() {
+  ThreadState* ts;
+  asm volatile(
+      "movq %%fs:0, %0\n\t"
+      "addq gort_fiber_thread_state@gottpoff(%%rip), %0"
+      : "=r"(ts));
+  if (__builtin_expect(ts->current == nullptr, 0)) {
+    return CurrentThreadStateSlow();
+  }
+  return ts;
+}
+#else
+inline ThreadState* CurrentThreadState() { return CurrentThreadStateSlow(); }
+#endif
+}  // namespace fiber_internal
+
+class Fiber {
+ public:
+  using Function = absl::AnyInvocable<void() &&>;
+
+  struct Options {
+    std::size_t stack_size = kDefaultStackSize;
+    // Shown in fatal messages and fiber dumps. Must outlive the fiber.
+    const char* name = nullptr;
+  };
+
+  // Who owns the fiber's stack, by state:
+  //  kReady:    created, never run. Owned by its creator.
+  //  kRunning:  running on some thread, which owns the stack.
+  //  kSuspended: switched away from; owned by whoever will resume it.
+  //  kFinished: its function returned; the stack may be recycled by Destroy.
+  enum class State : std::uint8_t { kReady, kRunning, kSuspended, kFinished };
+
+  // A function run on the destination's side right after a switch, before
+  // the destination continues; `from` is the fiber just switched away from,
+  // whose stack is no longer in use. Schedulers publish `from` (make it
+  // runnable, record it parked, or recycle it) here: doing so before the
+  // switch would let another thread resume `from` while still on its stack.
+  using AfterSwitch = void (*)(Fiber* from, void* arg);
+
+  // Creates a fiber that will run `fn` when first switched to. The control
+  // block is placed in the top of the stack. Never returns null: running out
+  // of memory is fatal.
+  static Fiber* Create(Function fn, const Options& options);
+  static Fiber* Create(Function fn) { return Create(std::move(fn), Options{}); }
+  static Fiber* Create(Function fn, Stack stack, const char* name = nullptr);
+
+  // Destroys a fiber that is kReady or kFinished and returns its stack to
+  // the pool. Must not be called on the current fiber.
+  static void Destroy(Fiber* fiber);
+
+  // --- Generator-style use -----------------------------------------------
+
+  // Runs this fiber on the calling thread until it calls Suspend() or its
+  // function returns. Must not be called on a running fiber.
+  inline void Resume();
+
+  // Switches from the current fiber back to the one that last Resume()d it.
+  // Fatal if the current fiber was not entered through Resume().
+  inline static void Suspend();
+
+  // --- Scheduler-style use -----------------------------------------------
+
+  // Switches from the current fiber to `to` (kReady or kSuspended). The
+  // caller becomes kSuspended; `after(caller, arg)`, if given, runs on `to`'s
+  // side before `to` continues. Returns when someone switches back.
+  inline static void SwitchTo(Fiber* to, AfterSwitch after = nullptr,
+                              void* arg = nullptr);
+
+  // Like SwitchTo, for a fiber that has finished its work: the current fiber
+  // becomes kFinished and never runs again; `after` typically Destroy()s it.
+  // Must be called from a fiber created by Create (not a thread fiber).
+  [[noreturn]] static void ExitTo(Fiber* to, AfterSwitch after = nullptr,
+                                  void* arg = nullptr);
+
+  // --- Queries -------------------------------------------------------------
+
+  // The fiber running on the calling thread; the thread fiber when no
+  // created fiber runs. Never null. Uncacheable across switches.
+  static Fiber* Current() {
+    return fiber_internal::CurrentThreadState()->current;
+  }
+
+  std::uint64_t id() const { return id_; }
+  const char* name() const { return name_; }
+  State state() const { return state_; }
+  bool finished() const { return state_ == State::kFinished; }
+  bool is_thread_fiber() const { return !stack_; }
+  const Stack& stack() const { return stack_; }
+
+  // For a suspended fiber: its saved frame pointer and resume address, from
+  // which a debugger or leak checker can walk its stack (frame pointers are
+  // kept: -fno-omit-frame-pointer). Null for a running or never-run fiber.
+  void* SavedFramePointer() const;
+  void* SavedProgramCounter() const;
+
+  // Called on the fiber's own stack after its function has returned and the
+  // function object has been destroyed; must not return (it ends with
+  // ExitTo). The default switches back to the fiber that last Resume()d it.
+  // Schedulers install one that picks the next fiber to run.
+  using ExitHandler = void (*)(Fiber* self);
+  void set_exit_handler(ExitHandler h) { exit_handler_ = h; }
+
+  // One word for the layer above (the scheduler stores its G here).
+  void* user_data() const { return user_data_; }
+  void set_user_data(void* p) { user_data_ = p; }
+
+  Fiber(const Fiber&) = delete;
+  Fiber& operator=(const Fiber&) = delete;
+
+ private:
+  friend struct FiberAccess;
+
+  Fiber(Function fn, Stack stack, const char* name);
+  explicit Fiber(std::uint64_t id);  // a thread fiber
+  ~Fiber();
+
+  static void Entry(void* self, void* transfer);
+  // The switch is inline, so that each call site resumes in its own code:
+  // a shared out-of-line function would `ret` through a return-stack-buffer
+  // entry pushed by the other fiber, a mispredict on every switch.
+  __attribute__((always_inline)) static void SwitchImpl(Fiber* to,
+                                                       AfterSwitch after,
+                                                       void* arg,
+                                                       bool exiting);
+  __attribute__((always_inline)) static void OnResumed(Fiber* from);
+  static void SanitizerStartSwitch(Fiber* from, Fiber* to, bool exiting);
+  static void SanitizerFinishSwitch(Fiber* from);
+  [[noreturn]] static void BadSwitch(Fiber* from, Fiber* to, bool exiting);
+  [[noreturn]] static void BadResume(Fiber* f);
+  [[noreturn]] static void BadSuspend(Fiber* f);
+
+  // Saved stack pointer while not running; first member: hot in the switch.
+  void* sp_ = nullptr;
+  Fiber* resumer_ = nullptr;  // who Resume()d us; Suspend() returns there
+  void* user_data_ = nullptr;
+  ExitHandler exit_handler_ = nullptr;
+  AfterSwitch pending_after_ = nullptr;  // for the fiber we switch to
+  void* pending_arg_ = nullptr;
+  std::uint64_t id_;
+  State state_ = State::kReady;
+  const char* name_ = nullptr;
+  Stack stack_;  // empty for a thread fiber
+  // Per-fiber C++ exception state (libstdc++'s __cxa_eh_globals), swapped in
+  // and out on every switch so that catch blocks and uncaught_exceptions()
+  // stay per fiber even when fibers interleave or migrate mid-catch.
+  void* eh_caught_ = nullptr;
+  unsigned int eh_uncaught_ = 0;
+#if defined(__SANITIZE_ADDRESS__)
+  void* asan_fake_stack_ = nullptr;
+  const void* asan_stack_bottom_ = nullptr;
+  std::size_t asan_stack_size_ = 0;
+#endif
+#if defined(__SANITIZE_THREAD__)
+  void* tsan_fiber_ = nullptr;
+#endif
+  Function fn_;
+};
+
+// --- Inline hot path ----------------------------------------------------------
+
+inline void Fiber::SwitchImpl(Fiber* to, AfterSwitch after, void* arg,
+                              bool exiting) {
+  fiber_internal::ThreadState* ts = fiber_internal::CurrentThreadState();
+  Fiber* from = ts->current;
+  // Handed to the destination through `from` (addressed by a plain pointer),
+  // not through a struct on from's stack: on AMD Zen a load, through another
+  // register, of data just stored rsp-relatively defeats memory renaming and
+  // costs more than the switch itself.
+  from->pending_after_ = after;
+  from->pending_arg_ = arg;
+  if (__builtin_expect((exiting && from->is_thread_fiber()) ||
+                           (to->state_ != State::kReady &&
+                            to->state_ != State::kSuspended),
+                       0)) {
+    BadSwitch(from, to, exiting);
+  }
+  fiber_internal::EhGlobals* eh = ts->eh;
+  from->eh_caught_ = eh->caught_exceptions;
+  from->eh_uncaught_ = eh->uncaught_exceptions;
+  eh->caught_exceptions = to->eh_caught_;
+  eh->uncaught_exceptions = to->eh_uncaught_;
+  from->state_ = exiting ? State::kFinished : State::kSuspended;
+  to->state_ = State::kRunning;
+  ts->current = to;
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+  SanitizerStartSwitch(from, to, exiting);
+#endif
+  void* prev = gort_fiber_switch(&from->sp_, to->sp_, from);
+  OnResumed(static_cast<Fiber*>(prev));
+}
+
+inline void Fiber::OnResumed(Fiber* from) {
+#if defined(__SANITIZE_ADDRESS__)
+  SanitizerFinishSwitch(from);
+#endif
+  // `from` may be resumed elsewhere, or destroyed, once `after` has
+  // published it: nothing here touches it afterwards.
+  if (AfterSwitch after = from->pending_after_) after(from, from->pending_arg_);
+}
+
+inline void Fiber::SwitchTo(Fiber* to, AfterSwitch after, void* arg) {
+  SwitchImpl(to, after, arg, /*exiting=*/false);
+}
+
+inline void Fiber::Resume() {
+  if (__builtin_expect(
+          state_ != State::kReady && state_ != State::kSuspended, 0)) {
+    BadResume(this);
+  }
+  resumer_ = Current();
+  SwitchImpl(this, nullptr, nullptr, /*exiting=*/false);
+}
+
+inline void Fiber::Suspend() {
+  Fiber* self = Current();
+  if (__builtin_expect(self->resumer_ == nullptr, 0)) BadSuspend(self);
+  SwitchImpl(self->resumer_, nullptr, nullptr, /*exiting=*/false);
+}
+
+}  // namespace gort
+
+#endif  // GORT_FIBER_FIBER_H_

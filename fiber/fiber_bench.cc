@@ -1,0 +1,112 @@
+// Benchmarks for //fiber, beside Boost.Context 1.74 in the same binary.
+//
+//   bazel run --config=opt //fiber:fiber_bench
+//   CPUPROFILE=/tmp/fiber.prof bazel run --config=opt //fiber:fiber_bench
+//   google-pprof --text bazel-bin/fiber/fiber_bench /tmp/fiber.prof
+
+#include <utility>
+
+#include "benchmark/benchmark.h"
+#include "fiber/fiber.h"
+#include "fiber/internal/context.h"
+
+#if defined(GORT_HAVE_BOOST_CONTEXT)
+#include <boost/context/fiber.hpp>
+#include <boost/context/pooled_fixedsize_stack.hpp>
+#endif
+
+namespace gort {
+namespace {
+
+// A→B→A through the generator API: two switches per iteration.
+void BM_Fiber_SwitchRoundTrip(benchmark::State& state) {
+  bool done = false;
+  Fiber* f = Fiber::Create([&] {
+    while (!done) Fiber::Suspend();
+  });
+  for (auto _ : state) f->Resume();
+  done = true;
+  f->Resume();
+  Fiber::Destroy(f);
+}
+BENCHMARK(BM_Fiber_SwitchRoundTrip);
+
+// The same round trip through the raw scheduler-level SwitchTo.
+Fiber* g_main = nullptr;
+void BM_Fiber_SwitchToRoundTrip(benchmark::State& state) {
+  g_main = Fiber::Current();
+  bool done = false;
+  Fiber* f = Fiber::Create([&] {
+    while (!done) Fiber::SwitchTo(g_main);
+  });
+  for (auto _ : state) Fiber::SwitchTo(f);
+  done = true;
+  f->Resume();
+  Fiber::Destroy(f);
+}
+BENCHMARK(BM_Fiber_SwitchToRoundTrip);
+
+// Create a fiber on a pooled stack, run it to completion, destroy it.
+void BM_Fiber_CreateRunDestroy(benchmark::State& state) {
+  int runs = 0;
+  for (auto _ : state) {
+    Fiber* f = Fiber::Create([&runs] { ++runs; });
+    f->Resume();
+    Fiber::Destroy(f);
+  }
+  benchmark::DoNotOptimize(runs);
+}
+BENCHMARK(BM_Fiber_CreateRunDestroy);
+
+#if defined(GORT_HAVE_BOOST_CONTEXT)
+namespace ctx = boost::context;
+
+void BM_BoostContext_SwitchRoundTrip(benchmark::State& state) {
+  bool done = false;
+  ctx::fiber f{[&done](ctx::fiber&& main) {
+    while (!done) main = std::move(main).resume();
+    return std::move(main);
+  }};
+  for (auto _ : state) f = std::move(f).resume();
+  done = true;
+  f = std::move(f).resume();
+}
+BENCHMARK(BM_BoostContext_SwitchRoundTrip);
+
+void BM_BoostContext_CreateRunDestroy(benchmark::State& state) {
+  ctx::pooled_fixedsize_stack pool(256 * 1024);
+  int runs = 0;
+  for (auto _ : state) {
+    ctx::fiber f{std::allocator_arg, pool, [&runs](ctx::fiber&& main) {
+                   ++runs;
+                   return std::move(main);
+                 }};
+    f = std::move(f).resume();
+  }
+  benchmark::DoNotOptimize(runs);
+}
+BENCHMARK(BM_BoostContext_CreateRunDestroy);
+#endif
+
+}  // namespace
+}  // namespace gort
+
+namespace gort {
+namespace {
+// The bare assembly switch, without the Fiber bookkeeping: the floor.
+void* g_main_sp;
+void* g_fib_sp;
+void RawEntry(void*, void*) {
+  for (;;) gort_fiber_switch(&g_fib_sp, g_main_sp, nullptr);
+}
+void BM_Fiber_RawContextSwitchRoundTrip(benchmark::State& state) {
+  Stack s = Stack::Allocate();
+  auto top = (reinterpret_cast<std::uintptr_t>(s.top()) - 128) & ~15ul;
+  auto* f = reinterpret_cast<fiber_internal::SwitchFrame*>(top - sizeof(fiber_internal::SwitchFrame));
+  fiber_internal::InitFrame(f, &RawEntry, nullptr);
+  g_fib_sp = f;
+  for (auto _ : state) gort_fiber_switch(&g_main_sp, g_fib_sp, nullptr);
+}
+BENCHMARK(BM_Fiber_RawContextSwitchRoundTrip);
+}
+}

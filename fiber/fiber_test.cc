@@ -1,0 +1,408 @@
+#include "fiber/fiber.h"
+
+#include <cfenv>
+#include <cstdint>
+#include <atomic>
+#include <exception>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "gtest/gtest.h"
+
+namespace gort {
+namespace {
+
+TEST(FiberTest, ThreadFiberIsCurrentOutsideFibers) {
+  Fiber* self = Fiber::Current();
+  ASSERT_NE(self, nullptr);
+  EXPECT_TRUE(self->is_thread_fiber());
+  EXPECT_EQ(self->state(), Fiber::State::kRunning);
+  EXPECT_EQ(Fiber::Current(), self);
+}
+
+TEST(FiberTest, GeneratorYieldsValuesInOrder) {
+  int value = -1;
+  Fiber* gen = Fiber::Create([&] {
+    for (int i = 0; i < 5; ++i) {
+      value = i;
+      Fiber::Suspend();
+    }
+  });
+  EXPECT_EQ(gen->state(), Fiber::State::kReady);
+  std::vector<int> seen;
+  for (;;) {
+    gen->Resume();
+    if (gen->finished()) break;
+    EXPECT_EQ(gen->state(), Fiber::State::kSuspended);
+    seen.push_back(value);
+  }
+  EXPECT_EQ(seen, (std::vector<int>{0, 1, 2, 3, 4}));
+  Fiber::Destroy(gen);
+}
+
+TEST(FiberTest, CurrentInsideFiberIsTheFiber) {
+  Fiber* inside = nullptr;
+  Fiber* f = Fiber::Create([&] { inside = Fiber::Current(); });
+  f->Resume();
+  EXPECT_EQ(inside, f);
+  EXPECT_FALSE(f->is_thread_fiber());
+  EXPECT_TRUE(f->finished());
+  EXPECT_TRUE(Fiber::Current()->is_thread_fiber());
+  Fiber::Destroy(f);
+}
+
+TEST(FiberTest, IdsAreUniqueAndNamesKept) {
+  Fiber::Options opts;
+  opts.name = "worker";
+  Fiber* a = Fiber::Create([] {}, opts);
+  Fiber* b = Fiber::Create([] {});
+  EXPECT_NE(a->id(), b->id());
+  EXPECT_STREQ(a->name(), "worker");
+  EXPECT_EQ(b->name(), nullptr);
+  Fiber::Destroy(a);  // never run: allowed
+  Fiber::Destroy(b);
+}
+
+TEST(FiberTest, CapturedStateIsDestroyedWhenFunctionReturns) {
+  auto token = std::make_shared<int>(7);
+  std::weak_ptr<int> weak = token;
+  Fiber* f = Fiber::Create([t = std::move(token)] { EXPECT_EQ(*t, 7); });
+  EXPECT_FALSE(weak.expired());
+  f->Resume();
+  EXPECT_TRUE(weak.expired());
+  Fiber::Destroy(f);
+}
+
+TEST(FiberTest, DestroyingUnrunFiberDestroysItsFunction) {
+  auto token = std::make_shared<int>(1);
+  std::weak_ptr<int> weak = token;
+  Fiber* f = Fiber::Create([t = std::move(token)] {});
+  Fiber::Destroy(f);
+  EXPECT_TRUE(weak.expired());
+}
+
+// The AfterSwitch hook runs on the destination, with the source suspended.
+TEST(FiberTest, SwitchToRunsHookOnDestinationSide) {
+  Fiber* main = Fiber::Current();
+  Fiber* hook_from = nullptr;
+  Fiber::State from_state_in_hook{};
+  std::pair<Fiber**, Fiber::State*> out(&hook_from, &from_state_in_hook);
+  Fiber* f = Fiber::Create([&] {
+    Fiber::SwitchTo(
+        main,
+        [](Fiber* from, void* arg) {
+          auto* out = static_cast<std::pair<Fiber**, Fiber::State*>*>(arg);
+          *out->first = from;
+          *out->second = from->state();
+        },
+        &out);
+  });
+  Fiber::SwitchTo(f);
+  EXPECT_EQ(hook_from, f);
+  EXPECT_EQ(from_state_in_hook, Fiber::State::kSuspended);
+  // Let it finish: its default exit goes to its resumer, so enter via Resume.
+  f->Resume();
+  EXPECT_TRUE(f->finished());
+  Fiber::Destroy(f);
+}
+
+TEST(FiberTest, ExitToRunsHookThatMayDestroyTheExitedFiber) {
+  Fiber* main = Fiber::Current();
+  bool destroyed = false;
+  Fiber* f = Fiber::Create([&] {
+    Fiber::ExitTo(
+        main,
+        [](Fiber* from, void* arg) {
+          EXPECT_TRUE(from->finished());
+          Fiber::Destroy(from);
+          *static_cast<bool*>(arg) = true;
+        },
+        &destroyed);
+  });
+  Fiber::SwitchTo(f);
+  EXPECT_TRUE(destroyed);
+}
+
+Fiber* g_exit_target = nullptr;
+int g_exit_handler_calls = 0;
+
+TEST(FiberTest, ExitHandlerRunsAfterFunctionReturns) {
+  g_exit_target = Fiber::Current();
+  g_exit_handler_calls = 0;
+  Fiber* f = Fiber::Create([] {});
+  f->set_exit_handler([](Fiber* self) {
+    ++g_exit_handler_calls;
+    Fiber::ExitTo(g_exit_target,
+                  [](Fiber* from, void*) { Fiber::Destroy(from); });
+  });
+  Fiber::SwitchTo(f);
+  EXPECT_EQ(g_exit_handler_calls, 1);
+}
+
+TEST(FiberTest, ManyFibersInterleaveRoundRobin) {
+  constexpr int kFibers = 1000;
+  constexpr int kRounds = 20;
+  std::vector<int> counters(kFibers, 0);
+  std::vector<Fiber*> fibers;
+  for (int i = 0; i < kFibers; ++i) {
+    fibers.push_back(Fiber::Create([&counters, i] {
+      for (int r = 0; r < kRounds; ++r) {
+        ++counters[i];
+        Fiber::Suspend();
+      }
+    }));
+  }
+  for (int r = 0; r < kRounds; ++r) {
+    for (int i = 0; i < kFibers; ++i) {
+      fibers[i]->Resume();
+      EXPECT_EQ(counters[i], r + 1);
+    }
+  }
+  for (Fiber* f : fibers) {
+    f->Resume();  // returns from the last Suspend and finishes
+    EXPECT_TRUE(f->finished());
+    Fiber::Destroy(f);
+  }
+}
+
+// Uses `depth` KiB of stack.
+__attribute__((noinline)) int Recurse(int depth) {
+  volatile char buf[1024];
+  buf[0] = 1;
+  if (depth == 0) return buf[0] - 1;
+  return Recurse(depth - 1) + depth + (buf[0] - 1);
+}
+
+TEST(FiberTest, DeepRecursionWithinStackSize) {
+  int result = -1;
+  Fiber* f = Fiber::Create([&] { result = Recurse(150); });
+  f->Resume();
+  EXPECT_EQ(result, 150 * 151 / 2);
+  Fiber::Destroy(f);
+}
+
+TEST(FiberTest, CustomStackSize) {
+  Fiber::Options opts;
+  opts.stack_size = 1024 * 1024;
+  int result = -1;
+  Fiber* f = Fiber::Create([&] { result = Recurse(800); }, opts);
+  EXPECT_GE(f->stack().size(), opts.stack_size);
+  f->Resume();
+  EXPECT_EQ(result, 800 * 801 / 2);
+  Fiber::Destroy(f);
+}
+
+// Callee-saved state, including floating-point control, is per fiber.
+TEST(FiberTest, FloatingPointRoundingModeIsPerFiber) {
+  ASSERT_EQ(std::fegetround(), FE_TONEAREST);
+  int inside_after_switch = -1;
+  Fiber* f = Fiber::Create([&] {
+    std::fesetround(FE_UPWARD);
+    Fiber::Suspend();
+    inside_after_switch = std::fegetround();
+  });
+  f->Resume();
+  EXPECT_EQ(std::fegetround(), FE_TONEAREST);
+  std::fesetround(FE_DOWNWARD);
+  f->Resume();
+  EXPECT_EQ(inside_after_switch, FE_UPWARD);
+  EXPECT_EQ(std::fegetround(), FE_DOWNWARD);
+  std::fesetround(FE_TONEAREST);
+  Fiber::Destroy(f);
+}
+
+TEST(FiberTest, ExceptionsCaughtInsideFiber) {
+  std::string what;
+  Fiber* f = Fiber::Create([&] {
+    try {
+      Fiber::Suspend();
+      throw std::runtime_error("inside");
+    } catch (const std::exception& e) {
+      what = e.what();
+    }
+  });
+  f->Resume();
+  f->Resume();
+  EXPECT_EQ(what, "inside");
+  Fiber::Destroy(f);
+}
+
+// A fiber suspended inside a catch block keeps its exception while another
+// fiber throws and catches its own, and can still rethrow it afterwards.
+TEST(FiberTest, ExceptionStateIsPerFiber) {
+  std::string a_rethrown, b_caught;
+  int a_uncaught_in_dtor = -1;
+  Fiber* a = Fiber::Create([&] {
+    try {
+      throw std::runtime_error("a");
+    } catch (...) {
+      Fiber::Suspend();
+      try {
+        throw;
+      } catch (const std::exception& e) {
+        a_rethrown = e.what();
+      }
+    }
+    a_uncaught_in_dtor = std::uncaught_exceptions();
+  });
+  Fiber* b = Fiber::Create([&] {
+    try {
+      throw std::logic_error("b");
+    } catch (const std::exception& e) {
+      b_caught = e.what();
+    }
+  });
+  a->Resume();
+  EXPECT_EQ(std::current_exception(), nullptr);  // main has none in flight
+  b->Resume();
+  a->Resume();
+  EXPECT_EQ(b_caught, "b");
+  EXPECT_EQ(a_rethrown, "a");
+  EXPECT_EQ(a_uncaught_in_dtor, 0);
+  Fiber::Destroy(a);
+  Fiber::Destroy(b);
+}
+
+// A thread-local read through a GORT_TLS_ACCESSOR function.
+thread_local int t_thread_tag = 0;
+GORT_TLS_ACCESSOR int ThreadTag() { return t_thread_tag; }
+
+// The fiber migrates from this thread to another between two reads of the
+// same accessor; the second read must see the new thread's value, and
+// Fiber::Current() must still be the fiber.
+TEST(FiberTest, MigratingFiberSeesNewThreadsThreadLocals) {
+  t_thread_tag = 1;
+  int before = 0, after = 0;
+  Fiber* current_before = nullptr;
+  Fiber* current_after = nullptr;
+  Fiber* f = Fiber::Create([&] {
+    before = ThreadTag();
+    current_before = Fiber::Current();
+    Fiber::Suspend();  // resumed on the other thread
+    after = ThreadTag();
+    current_after = Fiber::Current();
+  });
+  f->Resume();
+  std::thread other([&] {
+    t_thread_tag = 2;
+    f->Resume();
+    EXPECT_TRUE(Fiber::Current()->is_thread_fiber());
+  });
+  other.join();
+  EXPECT_EQ(before, 1);
+  EXPECT_EQ(after, 2);
+  EXPECT_EQ(current_before, f);
+  EXPECT_EQ(current_after, f);
+  EXPECT_TRUE(f->finished());
+  Fiber::Destroy(f);
+}
+
+// Ping-pong a fiber between two threads many times, handing it over with
+// an atomic; each hop checks that the fiber runs on the thread that resumed
+// it.
+TEST(FiberTest, FiberPingPongsBetweenThreads) {
+  constexpr int kHops = 2000;
+  std::atomic<int> turn{0};
+  std::atomic<bool> mismatch{false};
+  thread_local int tid = 0;
+  struct Tid {
+    GORT_TLS_ACCESSOR static int Get() { return tid; }
+  };
+  Fiber* f = Fiber::Create([&] {
+    for (int i = 0; i < kHops; ++i) {
+      if (Tid::Get() != (i % 2) + 1) mismatch = true;
+      Fiber::Suspend();
+    }
+  });
+  auto worker = [&](int me) {
+    tid = me + 1;
+    for (int i = me; i < kHops; i += 2) {
+      while (turn.load(std::memory_order_acquire) != i) {
+      }
+      f->Resume();
+      turn.store(i + 1, std::memory_order_release);
+    }
+  };
+  std::thread t0(worker, 0), t1(worker, 1);
+  t0.join();
+  t1.join();
+  EXPECT_FALSE(mismatch.load());
+  f->Resume();
+  EXPECT_TRUE(f->finished());
+  Fiber::Destroy(f);
+}
+
+// A suspended fiber's frame chain can be walked from its saved frame
+// pointer down to the entry frame, where it ends with a null link.
+TEST(FiberTest, SuspendedFiberStackIsWalkable) {
+  Fiber* f = Fiber::Create([] {
+    Recurse(0);
+    Fiber::Suspend();
+  });
+  EXPECT_EQ(f->SavedFramePointer(), nullptr);
+  f->Resume();
+  ASSERT_NE(f->SavedProgramCounter(), nullptr);
+  auto lo = reinterpret_cast<std::uintptr_t>(f->stack().base());
+  auto hi = reinterpret_cast<std::uintptr_t>(f->stack().top());
+  auto* fp = static_cast<void**>(f->SavedFramePointer());
+  int frames = 0;
+  while (fp != nullptr) {
+    auto addr = reinterpret_cast<std::uintptr_t>(fp);
+    ASSERT_GE(addr, lo);
+    ASSERT_LT(addr, hi);
+    ASSERT_NE(fp[1], nullptr);  // a return address
+    fp = static_cast<void**>(fp[0]);
+    ASSERT_LT(++frames, 64);
+  }
+  EXPECT_GE(frames, 1);
+  f->Resume();
+  Fiber::Destroy(f);
+}
+
+TEST(FiberDeathTest, UncaughtExceptionNamesTheFiber) {
+  EXPECT_DEATH(
+      {
+        Fiber::Options opts;
+        opts.name = "doomed";
+        Fiber* f =
+            Fiber::Create([] { throw std::runtime_error("boom"); }, opts);
+        f->Resume();
+      },
+      "fatal: uncaught exception in fiber [0-9]+ \\(doomed\\): .*boom");
+}
+
+TEST(FiberDeathTest, StackOverflowIsReported) {
+  EXPECT_DEATH(
+      {
+        Fiber::Options opts;
+        opts.stack_size = 64 * 1024;
+        Fiber* f = Fiber::Create([] { Recurse(1 << 20); }, opts);
+        f->Resume();
+      },
+      "fatal: fiber stack overflow: fiber [0-9]+");
+}
+
+TEST(FiberDeathTest, DestroyingSuspendedFiberIsFatal) {
+  EXPECT_DEATH(
+      {
+        Fiber* f = Fiber::Create([] { Fiber::Suspend(); });
+        f->Resume();
+        Fiber::Destroy(f);
+      },
+      "fatal: Fiber::Destroy: fiber [0-9]+ is still running or suspended");
+}
+
+TEST(FiberDeathTest, SuspendWithoutResumeIsFatal) {
+  EXPECT_DEATH(
+      {
+        Fiber* f = Fiber::Create([] { Fiber::Suspend(); });
+        Fiber::SwitchTo(f);
+      },
+      "fatal: Fiber::Suspend: fiber [0-9]+ was not entered through Resume");
+}
+
+}  // namespace
+}  // namespace gort

@@ -1,0 +1,90 @@
+// WARNING: internal to gort's //fiber; not part of its API.
+//
+// The raw context switch (switch_x86_64.S, switch_aarch64.S) and the layout
+// of the frame it saves, which the C++ side builds for a fiber's first switch.
+
+#ifndef GORT_FIBER_INTERNAL_CONTEXT_H_
+#define GORT_FIBER_INTERNAL_CONTEXT_H_
+
+#include <cstddef>
+#include <cstdint>
+
+extern "C" {
+// Saves the running context's callee-saved state on its stack, stores the
+// stack pointer in *save_sp, switches to the context saved at load_sp and
+// returns `transfer` there.
+void* gort_fiber_switch(void** save_sp, void* load_sp, void* transfer);
+
+// The first frame of every fiber (see the .S files). Not callable from C++.
+void gort_fiber_trampoline();
+}
+
+namespace gort {
+namespace fiber_internal {
+
+// Signature of the function the trampoline calls: entry(arg, transfer).
+using TrampolineEntry = void (*)(void* arg, void* transfer);
+
+#if defined(__x86_64__)
+// The frame gort_fiber_switch saves, lowest address first.
+struct SwitchFrame {
+  std::uint32_t mxcsr;
+  std::uint16_t x87_control_word;
+  std::uint16_t padding;
+  std::uint64_t r12, r13, r14, r15, rbx, rbp;
+  std::uint64_t return_address;
+};
+static_assert(offsetof(SwitchFrame, mxcsr) == 0);
+static_assert(offsetof(SwitchFrame, x87_control_word) == 4);
+static_assert(offsetof(SwitchFrame, r12) == 8);
+static_assert(offsetof(SwitchFrame, r15) == 32);
+static_assert(offsetof(SwitchFrame, rbx) == 40);
+static_assert(offsetof(SwitchFrame, rbp) == 48);
+static_assert(offsetof(SwitchFrame, return_address) == 56);
+static_assert(sizeof(SwitchFrame) == 64);
+
+inline void InitFrame(SwitchFrame* f, TrampolineEntry entry, void* arg) {
+  *f = SwitchFrame{};
+  // The ABI's initial state: all exceptions masked, round to nearest.
+  f->mxcsr = 0x1F80;
+  f->x87_control_word = 0x037F;
+  f->r12 = reinterpret_cast<std::uint64_t>(entry);
+  f->rbx = reinterpret_cast<std::uint64_t>(arg);
+  f->rbp = 0;  // ends the frame-pointer chain
+  f->return_address = reinterpret_cast<std::uint64_t>(&gort_fiber_trampoline);
+}
+#elif defined(__aarch64__)
+struct SwitchFrame {
+  std::uint64_t x19, x20, x21, x22, x23, x24, x25, x26, x27, x28;
+  std::uint64_t x29, x30;
+  std::uint64_t d8, d9, d10, d11, d12, d13, d14, d15;
+  std::uint64_t fpcr;
+  std::uint64_t padding;
+};
+static_assert(offsetof(SwitchFrame, x19) == 0);
+static_assert(offsetof(SwitchFrame, x20) == 8);
+static_assert(offsetof(SwitchFrame, x29) == 80);
+static_assert(offsetof(SwitchFrame, x30) == 88);
+static_assert(offsetof(SwitchFrame, d8) == 96);
+static_assert(offsetof(SwitchFrame, fpcr) == 160);
+static_assert(sizeof(SwitchFrame) == 176);
+
+inline void InitFrame(SwitchFrame* f, TrampolineEntry entry, void* arg) {
+  *f = SwitchFrame{};
+  f->x19 = reinterpret_cast<std::uint64_t>(arg);
+  f->x20 = reinterpret_cast<std::uint64_t>(entry);
+  f->x29 = 0;  // ends the frame-pointer chain
+  f->x30 = reinterpret_cast<std::uint64_t>(&gort_fiber_trampoline);
+  f->fpcr = 0;  // the ABI's initial state: round to nearest, no traps
+}
+#else
+#error "gort's //fiber supports x86-64 and AArch64 only"
+#endif
+
+static_assert(sizeof(SwitchFrame) % 16 == 0,
+              "the stack stays 16-byte aligned across the switch");
+
+}  // namespace fiber_internal
+}  // namespace gort
+
+#endif  // GORT_FIBER_INTERNAL_CONTEXT_H_

@@ -1,0 +1,95 @@
+// gort's context switch for x86-64 (System V ABI).
+//
+//   void* gort_fiber_switch(void** save_sp, void* load_sp, void* transfer);
+//
+// Saves the callee-saved state of the running context on its own stack,
+// stores the resulting stack pointer in *save_sp, loads load_sp and restores
+// the state saved there, then returns `transfer` in the resumed context (as
+// the return value of *its* gort_fiber_switch call, or in %rax for the
+// trampoline of a new fiber).
+//
+// Saved frame, from the saved stack pointer upwards (see SwitchFrame in
+// context.h, whose static_asserts pin these offsets):
+//   0: MXCSR (4 bytes), 4: x87 control word (2 bytes), 6: padding
+//   8: r12  16: r13  24: r14  32: r15  40: rbx  48: rbp  56: return address
+//
+// Profilers: the CFI below stays true for every instruction, on both sides of
+// the stack swap, because both stacks hold a frame of the same shape. A SIGPROF
+// that lands mid-switch therefore unwinds through one stack or the other, and
+// the frame-pointer chain (rbp) is valid throughout as well.
+#if defined(__x86_64__)
+        .text
+        .globl  gort_fiber_switch
+        .type   gort_fiber_switch, @function
+        .p2align 4
+gort_fiber_switch:
+        .cfi_startproc
+        leaq    -0x38(%rsp), %rsp
+        .cfi_adjust_cfa_offset 0x38
+        stmxcsr (%rsp)
+        fnstcw  0x4(%rsp)
+        movq    %r12, 0x08(%rsp)
+        .cfi_rel_offset %r12, 0x08
+        movq    %r13, 0x10(%rsp)
+        .cfi_rel_offset %r13, 0x10
+        movq    %r14, 0x18(%rsp)
+        .cfi_rel_offset %r14, 0x18
+        movq    %r15, 0x20(%rsp)
+        .cfi_rel_offset %r15, 0x20
+        movq    %rbx, 0x28(%rsp)
+        .cfi_rel_offset %rbx, 0x28
+        movq    %rbp, 0x30(%rsp)
+        .cfi_rel_offset %rbp, 0x30
+
+        movq    %rsp, (%rdi)        // publish the saved context
+        movq    %rsi, %rsp          // now on the target's stack, same frame shape
+
+        // Load the resume address first, so the indirect jump's target is
+        // known early (the control-word loads below are slow).
+        movq    0x38(%rsp), %r8
+        ldmxcsr (%rsp)
+        fldcw   0x4(%rsp)
+        movq    0x08(%rsp), %r12
+        movq    0x10(%rsp), %r13
+        movq    0x18(%rsp), %r14
+        movq    0x20(%rsp), %r15
+        movq    0x28(%rsp), %rbx
+        movq    0x30(%rsp), %rbp
+        leaq    0x40(%rsp), %rsp
+        .cfi_def_cfa_offset 0
+        .cfi_restore %r12
+        .cfi_restore %r13
+        .cfi_restore %r14
+        .cfi_restore %r15
+        .cfi_restore %rbx
+        .cfi_restore %rbp
+        .cfi_register %rip, %r8
+        movq    %rdx, %rax
+        // A jump, not `ret`: the return stack buffer would predict a return
+        // to our own caller, which is always wrong for a switch.
+        jmpq    *%r8
+        .cfi_endproc
+        .size   gort_fiber_switch, .-gort_fiber_switch
+
+// The first frame of every fiber. gort_fiber_switch "returns" here with
+//   %rbx = argument for the entry function, %r12 = entry function,
+//   %rax = the transfer value of the switch that started the fiber,
+//   %rbp = 0 and %rsp 16-byte aligned.
+// It calls entry(arg, transfer), which never returns. The undefined return
+// address and the zero frame pointer end every unwinder's walk here.
+        .globl  gort_fiber_trampoline
+        .type   gort_fiber_trampoline, @function
+        .p2align 4
+gort_fiber_trampoline:
+        .cfi_startproc
+        .cfi_undefined %rip
+        xorl    %ebp, %ebp
+        movq    %rbx, %rdi
+        movq    %rax, %rsi
+        callq   *%r12
+        ud2
+        .cfi_endproc
+        .size   gort_fiber_trampoline, .-gort_fiber_trampoline
+
+        .section .note.GNU-stack,"",%progbits
+#endif  // __x86_64__
