@@ -1,0 +1,178 @@
+#include "sched/park.h"
+
+#include <mutex>
+#include <vector>
+
+// Invariants:
+//  - A Parker's word_ holds (seq, state). Only the owning task moves it from
+//    kIdle/kUnparked/kTimedOut to a new (seq+1, kPreparing) (Prepare), and
+//    from kPreparing to kParked (when it is about to sleep). Anyone holding
+//    the ticket (seq) may move it from kPreparing/kParked to kUnparked or
+//    kTimedOut, by CAS: exactly one such move wins per cycle. Whoever moves
+//    it out of kParked must wake the task.
+//  - Thread parkers are never freed: a thread's parker returns to a pool at
+//    thread exit and is reused by a later thread, with its seq carried on.
+
+namespace gort {
+namespace {
+
+using sched_internal::FutexWait;
+using sched_internal::FutexWake;
+
+std::atomic<const sched_internal::SchedulerHooks*> g_hooks{nullptr};
+
+std::atomic<std::uint32_t>* FutexWord(Parker* p) {
+  // The low 32 bits of word_ on a little-endian machine.
+  static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__);
+  return reinterpret_cast<std::atomic<std::uint32_t>*>(&p->word_);
+}
+
+// Pool of thread parkers (never freed; see Invariants).
+std::mutex g_pool_mu;
+std::vector<Parker*>* g_pool = new std::vector<Parker*>;
+
+struct ThreadParkerHolder {
+  Parker* parker = nullptr;
+  ~ThreadParkerHolder() {
+    if (parker == nullptr) return;
+    std::lock_guard<std::mutex> l(g_pool_mu);
+    g_pool->push_back(parker);
+  }
+};
+thread_local ThreadParkerHolder t_parker;
+
+__attribute__((noinline, noipa)) Parker* ThreadParker() {
+  if (t_parker.parker == nullptr) {
+    {
+      std::lock_guard<std::mutex> l(g_pool_mu);
+      if (!g_pool->empty()) {
+        t_parker.parker = g_pool->back();
+        g_pool->pop_back();
+      }
+    }
+    if (t_parker.parker == nullptr) {
+      t_parker.parker = new Parker(Parker::Kind::kThread);
+    }
+  }
+  return t_parker.parker;
+}
+
+ParkResult ThreadPark(Parker* p, std::uint64_t seq, ParkCommitFn commit,
+                      void* arg, std::int64_t deadline) {
+  const std::uint64_t base = seq << Parker::kStateBits;
+  if (commit != nullptr && !commit(arg)) {
+    p->Finish(seq, Parker::kUnparked);
+    return ParkResult::kUnparked;
+  }
+  std::uint64_t w = base | Parker::kPreparing;
+  if (!p->word_.compare_exchange_strong(w, base | Parker::kParked,
+                                        std::memory_order_acq_rel,
+                                        std::memory_order_acquire)) {
+    // An Unpark (or nothing else: threads have no timer) won already.
+    return (w & Parker::kStateMask) == Parker::kTimedOut
+               ? ParkResult::kTimedOut
+               : ParkResult::kUnparked;
+  }
+  const auto parked32 = static_cast<std::uint32_t>(base | Parker::kParked);
+  for (;;) {
+    FutexWait(FutexWord(p), parked32, deadline);
+    w = p->word_.load(std::memory_order_acquire);
+    if ((w & Parker::kStateMask) != Parker::kParked) break;
+    if (deadline != sched_internal::kNoDeadline &&
+        sched_internal::MonoNow() >= deadline) {
+      if (p->Finish(seq, Parker::kTimedOut) != Parker::kIdle) {
+        return ParkResult::kTimedOut;
+      }
+      w = p->word_.load(std::memory_order_acquire);
+      break;
+    }
+  }
+  return (w & Parker::kStateMask) == Parker::kTimedOut ? ParkResult::kTimedOut
+                                                       : ParkResult::kUnparked;
+}
+
+}  // namespace
+
+const char* WaitReasonString(WaitReason reason) {
+  switch (reason) {
+    case WaitReason::kNone: return "";
+    case WaitReason::kChanSend: return "chan send";
+    case WaitReason::kChanReceive: return "chan receive";
+    case WaitReason::kChanNil: return "chan send (nil chan)";
+    case WaitReason::kSelect: return "select";
+    case WaitReason::kSelectNoCases: return "select (no cases)";
+    case WaitReason::kSleep: return "sleep";
+    case WaitReason::kMutex: return "sync.Mutex.Lock";
+    case WaitReason::kRWMutexRead: return "sync.RWMutex.RLock";
+    case WaitReason::kRWMutexWrite: return "sync.RWMutex.Lock";
+    case WaitReason::kCond: return "sync.Cond.Wait";
+    case WaitReason::kWaitGroup: return "sync.WaitGroup.Wait";
+    case WaitReason::kSemaphore: return "semacquire";
+    case WaitReason::kIOWait: return "IO wait";
+    case WaitReason::kPark: return "park";
+  }
+  return "unknown";
+}
+
+std::uint64_t Parker::Finish(std::uint64_t seq, std::uint64_t to) {
+  const std::uint64_t base = seq << kStateBits;
+  std::uint64_t w = word_.load(std::memory_order_acquire);
+  for (;;) {
+    const std::uint64_t state = w & kStateMask;
+    if ((w >> kStateBits) != seq ||
+        (state != kPreparing && state != kParked)) {
+      return kIdle;  // another cycle, or someone else won
+    }
+    // acq_rel: release publishes the waker's writes to the parked task,
+    // acquire orders this after the task's Prepare/park.
+    if (word_.compare_exchange_weak(w, base | to, std::memory_order_acq_rel,
+                                    std::memory_order_acquire)) {
+      return state;
+    }
+  }
+}
+
+Parker* Parker::Current() {
+  const auto* hooks = g_hooks.load(std::memory_order_acquire);
+  if (hooks != nullptr) {
+    if (Parker* p = hooks->current()) return p;
+  }
+  return ThreadParker();
+}
+
+ParkResult Park(ParkTicket t, WaitReason reason, ParkCommitFn commit,
+                void* arg, std::int64_t deadline) {
+  Parker* p = t.parker;
+  p->reason_.store(reason, std::memory_order_relaxed);
+  ParkResult r;
+  if (p->kind() == Parker::Kind::kFiber) {
+    r = g_hooks.load(std::memory_order_acquire)
+            ->park(p, t.seq, commit, arg, deadline);
+  } else {
+    r = ThreadPark(p, t.seq, commit, arg, deadline);
+  }
+  p->reason_.store(WaitReason::kNone, std::memory_order_relaxed);
+  return r;
+}
+
+bool Unpark(ParkTicket t) {
+  Parker* p = t.parker;
+  std::uint64_t prev = p->Finish(t.seq, Parker::kUnparked);
+  if (prev == Parker::kIdle) return false;
+  if (prev == Parker::kParked) {
+    if (p->kind() == Parker::Kind::kFiber) {
+      g_hooks.load(std::memory_order_acquire)->ready(p);
+    } else {
+      FutexWake(FutexWord(p));
+    }
+  }
+  return true;
+}
+
+namespace sched_internal {
+void InstallSchedulerHooks(const SchedulerHooks* hooks) {
+  g_hooks.store(hooks, std::memory_order_release);
+}
+}  // namespace sched_internal
+
+}  // namespace gort

@@ -1,0 +1,246 @@
+// gort/sched/runq.h: the per-P run queue of gort's scheduler, usable alone.
+//
+// A fixed-capacity, lock-free ring of T* owned by one thread (Go's P run
+// queue, runtime/proc.go runqput/runqget/runqsteal), plus a `runnext` slot.
+// Ownership is in the types, as in tokio: `Local` is the owner's handle and
+// `Stealer` the handle any other thread may use; misuse is a compile error.
+//
+//   RunQueue<Task> q;
+//   RunQueue<Task>::Local local = q.local();   // given to the owner only
+//   RunQueue<Task>::Stealer thief = q.stealer();
+//   local.Push(t, overflow);                   // owner
+//   Task* t = local.Pop();                     // owner
+//   thief.StealInto(other_local);              // any thread
+//
+// Threading rules:
+//  - Push, PushNext and Pop are executed only by the owner thread, never
+//    concurrently with each other; each may run in parallel with any number
+//    of StealInto() calls from other threads.
+//  - Push never performs an atomic read-modify-write: it reads `head_`
+//    (acquire) and publishes with a store-release of `tail_`. Pop takes an
+//    element with one CAS on `head_`, because thieves consume from the same
+//    end (the queue is FIFO for fairness, as Go's is).
+// Memory ordering: everything the pusher did before Push(t) is visible to
+// whoever later takes t, by Pop or by StealInto.
+
+#ifndef GORT_SCHED_RUNQ_H_
+#define GORT_SCHED_RUNQ_H_
+
+#include <atomic>
+#include <cstdint>
+
+namespace gort {
+
+template <typename T, std::uint32_t kCapacity = 256>
+class RunQueue {
+  static_assert(kCapacity >= 2 && (kCapacity & (kCapacity - 1)) == 0,
+                "capacity must be a power of two");
+
+ public:
+  static constexpr std::uint32_t capacity() { return kCapacity; }
+
+  // A batch of elements taken off a full ring, for the caller to move to a
+  // shared queue (Go's runqputslow). Linked in FIFO order.
+  struct Overflow {
+    T* items[kCapacity / 2 + 1];
+    std::uint32_t count = 0;
+  };
+
+  class Stealer;
+
+  // The owner's handle.
+  class Local {
+   public:
+    // Adds t at the tail. If the ring is full, moves half of it plus t into
+    // `overflow` (oldest first) and returns false; the caller must put those
+    // elements somewhere else (the global queue). Executed only by the owner.
+    bool Push(T* t, Overflow& overflow) {
+      for (;;) {
+        // load-acquire: pairs with the CAS-release in Pop/StealInto, so the
+        // slot we are about to overwrite has been read by its consumer.
+        std::uint32_t head = q_->head_.load(std::memory_order_acquire);
+        std::uint32_t tail = q_->tail_.load(std::memory_order_relaxed);
+        if (tail - head < kCapacity) {
+          q_->buf_[tail % kCapacity].store(t, std::memory_order_relaxed);
+          // store-release: pairs with the load-acquire of tail_ in Pop and
+          // StealInto, publishing the slot and everything before Push.
+          q_->tail_.store(tail + 1, std::memory_order_release);
+          return true;
+        }
+        if (TakeHalfForOverflow(head, tail, t, overflow)) return false;
+        // A thief took some: there is room now.
+      }
+    }
+
+    // Puts t in the runnext slot, so it runs before anything in the ring
+    // (the task woken by the running task runs next: ping-pong stays hot).
+    // Returns the task it displaced, if any, which the caller must Push.
+    // Executed only by the owner.
+    T* PushNext(T* t) {
+      return q_->next_.exchange(t, std::memory_order_acq_rel);
+    }
+
+    // Takes the runnext task if `use_next` and there is one, else the
+    // oldest task in the ring. Null if empty. Executed only by the owner.
+    T* Pop(bool use_next = true) {
+      if (use_next) {
+        T* next = q_->next_.load(std::memory_order_relaxed);
+        if (next != nullptr &&
+            q_->next_.compare_exchange_strong(next, nullptr,
+                                              std::memory_order_acquire)) {
+          *from_next_ = true;
+          return next;
+        }
+      }
+      *from_next_ = false;
+      for (;;) {
+        std::uint32_t head = q_->head_.load(std::memory_order_acquire);
+        std::uint32_t tail = q_->tail_.load(std::memory_order_relaxed);
+        if (head == tail) return nullptr;
+        T* t = q_->buf_[head % kCapacity].load(std::memory_order_relaxed);
+        // CAS-release: tells Push (load-acquire of head_) the slot is free.
+        if (q_->head_.compare_exchange_weak(head, head + 1,
+                                            std::memory_order_release,
+                                            std::memory_order_relaxed)) {
+          return t;
+        }
+      }
+    }
+
+    // Whether the last Pop() returned the runnext task.
+    bool last_pop_was_next() const { return *from_next_; }
+
+    // Number of tasks in the ring plus runnext; exact for the owner.
+    std::uint32_t Size() const { return q_->Size(); }
+    bool Empty() const { return Size() == 0; }
+
+   private:
+    friend class RunQueue;
+    explicit Local(RunQueue* q) : q_(q), from_next_(&q->last_from_next_) {}
+
+    bool TakeHalfForOverflow(std::uint32_t head, std::uint32_t tail, T* t,
+                             Overflow& overflow) {
+      std::uint32_t n = (tail - head) / 2;
+      for (std::uint32_t i = 0; i < n; ++i) {
+        overflow.items[i] =
+            q_->buf_[(head + i) % kCapacity].load(std::memory_order_relaxed);
+      }
+      if (!q_->head_.compare_exchange_strong(head, head + n,
+                                             std::memory_order_release,
+                                             std::memory_order_relaxed)) {
+        return false;
+      }
+      overflow.items[n] = t;
+      overflow.count = n + 1;
+      return true;
+    }
+
+    RunQueue* q_;
+    bool* from_next_;
+  };
+
+  // Any thread's handle.
+  class Stealer {
+   public:
+    // Moves about half of this queue's tasks to the tail of `dst` (which
+    // must be empty: the thief's own, idle queue) and returns one of them
+    // for the thief to run, or null if there was nothing to take. Takes the
+    // victim's runnext only if `steal_next` and the ring is empty (Go does
+    // so only as a last resort). May run in parallel with the owner and
+    // with other thieves.
+    T* StealInto(Local& dst, bool steal_next) {
+      RunQueue* d = dst.q_;
+      std::uint32_t dst_tail = d->tail_.load(std::memory_order_relaxed);
+      std::uint32_t n = Grab(d, dst_tail, steal_next);
+      if (n == 0) return nullptr;
+      --n;
+      T* t = d->buf_[(dst_tail + n) % kCapacity].load(
+          std::memory_order_relaxed);
+      if (n > 0) {
+        // store-release: publishes the stolen tasks in dst.
+        d->tail_.store(dst_tail + n, std::memory_order_release);
+      }
+      return t;
+    }
+
+    std::uint32_t Size() const { return q_->Size(); }
+
+   private:
+    friend class RunQueue;
+    explicit Stealer(RunQueue* q) : q_(q) {}
+
+    // Copies up to half of the victim's ring into d's ring starting at
+    // d_tail, and commits by CAS on the victim's head. Returns how many.
+    std::uint32_t Grab(RunQueue* d, std::uint32_t d_tail, bool steal_next) {
+      for (;;) {
+        std::uint32_t head = q_->head_.load(std::memory_order_acquire);
+        // load-acquire: pairs with Push's store-release of tail_.
+        std::uint32_t tail = q_->tail_.load(std::memory_order_acquire);
+        std::uint32_t n = tail - head;
+        n = n - n / 2;
+        if (n == 0) {
+          if (!steal_next) return 0;
+          T* next = q_->next_.load(std::memory_order_acquire);
+          if (next == nullptr) return 0;
+          if (!q_->next_.compare_exchange_strong(next, nullptr,
+                                                 std::memory_order_acq_rel)) {
+            continue;
+          }
+          d->buf_[d_tail % kCapacity].store(next, std::memory_order_relaxed);
+          return 1;
+        }
+        if (n > kCapacity / 2) continue;  // inconsistent head/tail: retry
+        for (std::uint32_t i = 0; i < n; ++i) {
+          T* t = q_->buf_[(head + i) % kCapacity].load(
+              std::memory_order_relaxed);
+          d->buf_[(d_tail + i) % kCapacity].store(t,
+                                                  std::memory_order_relaxed);
+        }
+        // CAS-release: commits the steal; pairs with Push's load-acquire.
+        if (q_->head_.compare_exchange_weak(head, head + n,
+                                            std::memory_order_release,
+                                            std::memory_order_relaxed)) {
+          return n;
+        }
+      }
+    }
+
+    RunQueue* q_;
+  };
+
+  RunQueue() {
+    for (auto& slot : buf_) slot.store(nullptr, std::memory_order_relaxed);
+  }
+  RunQueue(const RunQueue&) = delete;
+  RunQueue& operator=(const RunQueue&) = delete;
+
+  // The owner's handle. Give it to exactly one thread at a time.
+  Local local() { return Local(this); }
+  Stealer stealer() { return Stealer(this); }
+
+  // Approximate when read by a non-owner.
+  std::uint32_t Size() const {
+    for (;;) {
+      std::uint32_t head = head_.load(std::memory_order_acquire);
+      std::uint32_t tail = tail_.load(std::memory_order_acquire);
+      if (head_.load(std::memory_order_relaxed) != head) continue;
+      return (tail - head) +
+             (next_.load(std::memory_order_relaxed) != nullptr ? 1 : 0);
+    }
+  }
+
+ private:
+  // Consumers (owner's Pop and thieves) advance head_; only the owner
+  // writes tail_. Separate cache lines: thieves hammer head_.
+  alignas(64) std::atomic<std::uint32_t> head_{0};
+  alignas(64) std::atomic<std::uint32_t> tail_{0};
+  std::atomic<T*> next_{nullptr};
+  bool last_from_next_ = false;  // owner-only
+  // Slots are atomics only so that TSan sees the relaxed races a thief's
+  // speculative read has with the owner's overwrite (the CAS discards it).
+  alignas(64) std::atomic<T*> buf_[kCapacity];
+};
+
+}  // namespace gort
+
+#endif  // GORT_SCHED_RUNQ_H_

@@ -1,0 +1,184 @@
+#include "sched/runq.h"
+
+#include <algorithm>
+#include <atomic>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#include "gtest/gtest.h"
+
+namespace gort {
+namespace {
+
+struct Task {
+  int id;
+};
+using Q = RunQueue<Task, 256>;
+
+TEST(RunQueueTest, FifoWithRunnextFirst) {
+  auto qp = std::make_unique<Q>();  // heap: ASan's fake stack ignores alignas(64)
+  Q& q = *qp;
+  auto local = q.local();
+  Q::Overflow overflow;
+  std::vector<Task> tasks(5);
+  for (int i = 0; i < 5; ++i) tasks[i].id = i;
+  for (int i = 0; i < 4; ++i) ASSERT_TRUE(local.Push(&tasks[i], overflow));
+  EXPECT_EQ(local.PushNext(&tasks[4]), nullptr);
+  EXPECT_EQ(local.Size(), 5u);
+  EXPECT_EQ(local.Pop(), &tasks[4]);
+  EXPECT_TRUE(local.last_pop_was_next());
+  for (int i = 0; i < 4; ++i) {
+    EXPECT_EQ(local.Pop(), &tasks[i]);
+    EXPECT_FALSE(local.last_pop_was_next());
+  }
+  EXPECT_EQ(local.Pop(), nullptr);
+  EXPECT_TRUE(local.Empty());
+}
+
+TEST(RunQueueTest, PushNextDisplacesPrevious) {
+  auto qp = std::make_unique<Q>();  // heap: ASan's fake stack ignores alignas(64)
+  Q& q = *qp;
+  auto local = q.local();
+  Task a{1}, b{2};
+  EXPECT_EQ(local.PushNext(&a), nullptr);
+  EXPECT_EQ(local.PushNext(&b), &a);
+  EXPECT_EQ(local.Pop(), &b);
+}
+
+TEST(RunQueueTest, PopWithoutNextSkipsRunnext) {
+  auto qp = std::make_unique<Q>();  // heap: ASan's fake stack ignores alignas(64)
+  Q& q = *qp;
+  auto local = q.local();
+  Q::Overflow overflow;
+  Task a{1}, b{2};
+  local.PushNext(&a);
+  ASSERT_TRUE(local.Push(&b, overflow));
+  EXPECT_EQ(local.Pop(/*use_next=*/false), &b);
+  EXPECT_EQ(local.Pop(/*use_next=*/false), nullptr);
+  EXPECT_EQ(local.Pop(), &a);
+}
+
+TEST(RunQueueTest, OverflowMovesHalfPlusNewInFifoOrder) {
+  auto qp = std::make_unique<Q>();  // heap: ASan's fake stack ignores alignas(64)
+  Q& q = *qp;
+  auto local = q.local();
+  Q::Overflow overflow;
+  std::vector<Task> tasks(Q::capacity() + 1);
+  for (std::uint32_t i = 0; i < tasks.size(); ++i) tasks[i].id = i;
+  for (std::uint32_t i = 0; i < Q::capacity(); ++i) {
+    ASSERT_TRUE(local.Push(&tasks[i], overflow));
+  }
+  EXPECT_FALSE(local.Push(&tasks[Q::capacity()], overflow));
+  ASSERT_EQ(overflow.count, Q::capacity() / 2 + 1);
+  for (std::uint32_t i = 0; i < Q::capacity() / 2; ++i) {
+    EXPECT_EQ(overflow.items[i], &tasks[i]);
+  }
+  EXPECT_EQ(overflow.items[Q::capacity() / 2], &tasks[Q::capacity()]);
+  EXPECT_EQ(local.Size(), Q::capacity() / 2);
+  EXPECT_EQ(local.Pop(), &tasks[Q::capacity() / 2]);
+}
+
+TEST(RunQueueTest, StealTakesHalfAndReturnsOne) {
+  auto victim_p = std::make_unique<Q>(), thief_p = std::make_unique<Q>();
+  Q& victim = *victim_p;
+  Q& thief = *thief_p;
+  auto vl = victim.local();
+  auto tl = thief.local();
+  Q::Overflow overflow;
+  std::vector<Task> tasks(10);
+  for (auto& t : tasks) ASSERT_TRUE(vl.Push(&t, overflow));
+  Task* got = victim.stealer().StealInto(tl, /*steal_next=*/false);
+  ASSERT_EQ(got, &tasks[4]);  // five taken: four queued in thief, one returned
+  EXPECT_EQ(tl.Size(), 4u);
+  EXPECT_EQ(vl.Size(), 5u);
+  EXPECT_EQ(tl.Pop(), &tasks[0]);
+  EXPECT_EQ(vl.Pop(), &tasks[5]);
+}
+
+TEST(RunQueueTest, StealsRunnextOnlyAsLastResort) {
+  auto victim_p = std::make_unique<Q>(), thief_p = std::make_unique<Q>();
+  Q& victim = *victim_p;
+  Q& thief = *thief_p;
+  auto vl = victim.local();
+  auto tl = thief.local();
+  Task a{1};
+  vl.PushNext(&a);
+  EXPECT_EQ(victim.stealer().StealInto(tl, /*steal_next=*/false), nullptr);
+  EXPECT_EQ(victim.stealer().StealInto(tl, /*steal_next=*/true), &a);
+  EXPECT_TRUE(vl.Empty());
+}
+
+// Conservation: the owner pushes and pops millions of tasks while thieves
+// steal; every task is taken exactly once (Go's "bad steal" check).
+class RunQueueStressTest : public ::testing::TestWithParam<int> {};
+
+TEST_P(RunQueueStressTest, EveryTaskTakenExactlyOnce) {
+#if defined(GORT_SANITIZED)
+  constexpr int kTasks = 200'000;
+#else
+  constexpr int kTasks = 2'000'000;
+#endif
+  const int kThieves = GetParam();
+  std::vector<Task> tasks(kTasks);
+  for (int i = 0; i < kTasks; ++i) tasks[i].id = i;
+  std::vector<std::atomic<int>> taken(kTasks);
+  for (auto& t : taken) t.store(0);
+
+  auto qp = std::make_unique<Q>();
+  Q& q = *qp;
+  std::atomic<bool> done{false};
+  std::vector<std::thread> thieves;
+  for (int i = 0; i < kThieves; ++i) {
+    thieves.emplace_back([&] {
+      auto mine = std::make_unique<Q>();
+      auto ml = mine->local();
+      while (!done.load(std::memory_order_acquire) || q.Size() > 0) {
+        Task* t = q.stealer().StealInto(ml, /*steal_next=*/true);
+        if (t == nullptr) {
+          std::this_thread::yield();
+          continue;
+        }
+        taken[t->id].fetch_add(1);
+        while (Task* u = ml.Pop()) taken[u->id].fetch_add(1);
+      }
+    });
+  }
+  auto local = q.local();
+  Q::Overflow overflow;
+  std::vector<Task*> global;  // overflow destination
+  for (int i = 0; i < kTasks; ++i) {
+    if (i % 7 == 3) {
+      if (Task* old = local.PushNext(&tasks[i])) {
+        if (!local.Push(old, overflow)) {
+          global.insert(global.end(), overflow.items,
+                        overflow.items + overflow.count);
+        }
+      }
+    } else if (!local.Push(&tasks[i], overflow)) {
+      global.insert(global.end(), overflow.items,
+                    overflow.items + overflow.count);
+    }
+    if (i % 3 == 0) {
+      if (Task* t = local.Pop()) taken[t->id].fetch_add(1);
+    }
+  }
+  while (Task* t = local.Pop()) taken[t->id].fetch_add(1);
+  done.store(true, std::memory_order_release);
+  for (auto& t : thieves) t.join();
+  while (Task* t = local.Pop()) taken[t->id].fetch_add(1);
+  for (Task* t : global) taken[t->id].fetch_add(1);
+  int missing = 0, duplicated = 0;
+  for (int i = 0; i < kTasks; ++i) {
+    if (taken[i] == 0) ++missing;
+    if (taken[i] > 1) ++duplicated;
+  }
+  EXPECT_EQ(missing, 0);
+  EXPECT_EQ(duplicated, 0);
+}
+
+INSTANTIATE_TEST_SUITE_P(Thieves, RunQueueStressTest,
+                         ::testing::Values(1, 2, 4));
+
+}  // namespace
+}  // namespace gort

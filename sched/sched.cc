@@ -1,0 +1,1480 @@
+// gort's G/M/P scheduler. Design: docs/sched.md; reference: Go's
+// runtime/proc.go (schedule, findRunnable, wakep, handoffp, sysmon).
+//
+// Invariants:
+//  - A G is in at most one place at a time: running on exactly one M, or in
+//    one run queue (a P's ring or runnext, or the global queue), or parked
+//    (referenced only by whoever holds its ParkTicket or its timer), or in a
+//    free list. It is published to a run queue only after its fiber has
+//    switched away (in an AfterSwitch hook), never while on its own stack.
+//  - An M runs Gs only while it holds a P (m->p, p->m). A P is held by one
+//    M, or is in the idle list (status kIdle), or is in kSyscall: still
+//    pointed to by the M in a Blocking call, which gets it back by CAS
+//    kSyscall->kRunning unless the monitor retook it first (CAS to kIdle).
+//  - Scheduling decisions that may sleep run on the M's g0 (its thread
+//    fiber); a G switches directly to another G only when one is ready in
+//    its P's local queue, and otherwise switches to g0.
+//  - sched.lock guards the global run queue, the idle P and M lists and the
+//    list of all Ms. nmspinning/npidle are read without it (seq_cst: the
+//    "no lost wake-up" argument pairs the spinning M's decrement-then-
+//    recheck with the readier's push-then-check in WakeP).
+//  - G structs are never freed while the runtime runs (their Parker may be
+//    named by a stale ticket); they are recycled through free lists.
+
+#include "sched/sched.h"
+
+#include <pthread.h>
+#include <sched.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdio>
+#include <cstdlib>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/time/clock.h"
+#include "fiber/fiber.h"
+#include "fiber/internal/fatal.h"
+#include "sched/internal/futex.h"
+#include "sched/runq.h"
+
+namespace gort {
+namespace sched_internal {
+namespace {
+
+using fiber_internal::Fatal;
+
+constexpr int kMaxProcs = 256;
+constexpr int kGlobalQueueTick = 61;
+constexpr int kRunnextCap = 3;
+constexpr std::int64_t kLongRunningNs = 10'000'000;
+constexpr std::int64_t kSyscallRetakeNs = 20'000;
+
+struct M;
+struct P;
+
+enum class GStatus : std::uint8_t { kIdle, kRunnable, kRunning, kWaiting, kSyscall, kDead };
+
+struct ExitSignal {};  // thrown by Exit()
+
+struct G {
+  G() : parker(Parker::Kind::kFiber, this) {}
+  Fiber* fiber = nullptr;
+  Parker parker;
+  absl::AnyInvocable<void() &&> fn;
+  std::uint64_t id = 0;
+  std::atomic<GStatus> status{GStatus::kIdle};
+  G* schedlink = nullptr;  // global run queue / free lists
+  M* locked_m = nullptr;
+  int lock_count = 0;
+  const char* created_file = nullptr;
+  int created_line = 0;
+  int* main_result = nullptr;  // RunMain's fiber
+  absl::AnyInvocable<int() &&> main_fn;
+  std::atomic<std::uint32_t>* main_done = nullptr;
+};
+
+struct Timer {
+  std::int64_t when = 0;
+  Parker* parker = nullptr;
+  std::uint64_t seq = 0;
+  // The heap it is in; changes only with both heaps locked (MoveTimersToP0).
+  std::atomic<P*> p{nullptr};
+  int index = -1;  // in p's heap; -1 when not queued
+  std::atomic<bool> fired{false};  // store-release after the last touch
+};
+
+// A P's timers: a binary min-heap on `when`, guarded by `lock`.
+struct TimerHeap {
+  Lock lock;
+  std::vector<Timer*> heap;
+  std::atomic<std::int64_t> next_when{kNoDeadline};
+
+  void Up(int i) {
+    while (i > 0) {
+      int parent = (i - 1) / 2;
+      if (heap[parent]->when <= heap[i]->when) break;
+      Swap(i, parent);
+      i = parent;
+    }
+  }
+  void Down(int i) {
+    const int n = static_cast<int>(heap.size());
+    for (;;) {
+      int l = 2 * i + 1, r = l + 1, m = i;
+      if (l < n && heap[l]->when < heap[m]->when) m = l;
+      if (r < n && heap[r]->when < heap[m]->when) m = r;
+      if (m == i) break;
+      Swap(i, m);
+      i = m;
+    }
+  }
+  void Swap(int a, int b) {
+    std::swap(heap[a], heap[b]);
+    heap[a]->index = a;
+    heap[b]->index = b;
+  }
+  // Called with `lock` held.
+  void Add(Timer* t) {
+    t->index = static_cast<int>(heap.size());
+    heap.push_back(t);
+    Up(t->index);
+    next_when.store(heap[0]->when, std::memory_order_release);
+  }
+  void Remove(Timer* t) {
+    int i = t->index;
+    int last = static_cast<int>(heap.size()) - 1;
+    if (i != last) {
+      Swap(i, last);
+    }
+    heap.pop_back();
+    t->index = -1;
+    if (i < static_cast<int>(heap.size())) {
+      Down(i);
+      Up(i);
+    }
+    next_when.store(heap.empty() ? kNoDeadline : heap[0]->when,
+                    std::memory_order_release);
+  }
+};
+
+enum PStatus : int { kPIdle, kPRunning, kPSyscall, kPRetired };
+
+struct P {
+  int id = 0;
+  RunQueue<G> runq;
+  std::atomic<int> status{kPIdle};
+  M* m = nullptr;
+  P* link = nullptr;  // idle list
+  std::uint32_t schedtick = 0;
+  int runnext_streak = 0;
+  std::atomic<std::uint64_t> sched_count{0};   // for the monitor
+  std::atomic<std::uint64_t> syscall_count{0};
+  std::atomic<std::uint64_t> current_g{0};
+  G* gfree = nullptr;
+  int gfree_count = 0;
+  TimerHeap timers;
+  // The monitor's view.
+  std::uint64_t seen_sched = 0, seen_syscall = 0;
+  std::int64_t seen_sched_at = 0, seen_syscall_at = 0;
+  bool reported_long = false;
+};
+
+struct M {
+  int id = 0;
+  std::thread thread;
+  Fiber* g0 = nullptr;
+  P* p = nullptr;
+  std::atomic<P*> nextp{nullptr};  // set under sched.lock, or by StartLockedM
+  G* curg = nullptr;
+  G* pending = nullptr;  // set by this M: a G locked to another M
+  G* handed = nullptr;   // set by StartLockedM: our locked G, with nextp
+  std::atomic<std::uint32_t> note{0};  // 1: woken
+  bool spinning = false;
+  bool in_blocking = false;
+  G* locked_g = nullptr;
+  bool exiting = false;
+  std::uint32_t rand = 0;
+};
+
+struct Sched {
+  Lock lock;
+  G* runq_head = nullptr;
+  G* runq_tail = nullptr;
+  std::atomic<std::int64_t> runq_size{0};
+  P* pidle = nullptr;
+  std::atomic<int> npidle{0};
+  std::vector<M*> midle;
+  std::vector<M*> allm;
+  std::atomic<int> nmspinning{0};
+  P* allp[kMaxProcs] = {};
+  std::atomic<int> procs{0};
+  std::atomic<std::int64_t> ngo{0};
+  std::atomic<std::int64_t> handoffs{0};
+  std::atomic<std::int64_t> long_running{0};
+  std::atomic<bool> stopping{false};
+  std::atomic<M*> timer_sleeper{nullptr};
+  std::atomic<std::int64_t> timer_sleeper_until{kNoDeadline};
+  RuntimeOptions options;
+  // All Gs ever made (for ForEachFiber and for freeing at Shutdown).
+  Lock allg_lock;
+  std::vector<G*> allg;
+  Lock gfree_lock;
+  G* gfree = nullptr;
+  std::atomic<std::uint64_t> goid{1};
+  // The monitor.
+  std::thread sysmon;
+  std::atomic<std::uint32_t> sysmon_note{0};
+  std::atomic<bool> sysmon_idle_sleep{false};
+  std::atomic<int> in_blocking{0};
+};
+
+Sched* g_sched = nullptr;
+std::atomic<bool> g_running{false};
+std::mutex g_start_mu;  // Start/Shutdown/SetMaxProcs
+
+thread_local M* t_m = nullptr;
+
+GORT_TLS_ACCESSOR M* GetM() { return t_m; }
+GORT_TLS_ACCESSOR void SetM(M* m) { t_m = m; }
+
+G* CurrentG() {
+  M* m = GetM();
+  return m != nullptr ? m->curg : nullptr;
+}
+
+void NoteWakeup(std::atomic<std::uint32_t>* note) {
+  note->store(1, std::memory_order_release);
+  FutexWake(note);
+}
+// Returns false on timeout. Resets the note.
+bool NoteSleep(std::atomic<std::uint32_t>* note, std::int64_t deadline) {
+  for (;;) {
+    if (note->exchange(0, std::memory_order_acquire) == 1) return true;
+    if (deadline != kNoDeadline && MonoNow() >= deadline) return false;
+    FutexWait(note, 0, deadline);
+  }
+}
+
+std::uint32_t FastRand(M* m) {
+  m->rand ^= m->rand << 13;
+  m->rand ^= m->rand >> 17;
+  m->rand ^= m->rand << 5;
+  return m->rand;
+}
+
+// --- Global run queue (sched.lock held) --------------------------------------
+
+void GlobRunqPut(G* g) {
+  g->schedlink = nullptr;
+  if (g_sched->runq_tail) {
+    g_sched->runq_tail->schedlink = g;
+  } else {
+    g_sched->runq_head = g;
+  }
+  g_sched->runq_tail = g;
+  g_sched->runq_size.fetch_add(1, std::memory_order_seq_cst);
+}
+
+void GlobRunqPutBatch(G** gs, int n) {
+  for (int i = 0; i < n; ++i) GlobRunqPut(gs[i]);
+}
+
+G* GlobRunqPop() {
+  G* g = g_sched->runq_head;
+  if (g == nullptr) return nullptr;
+  g_sched->runq_head = g->schedlink;
+  if (g_sched->runq_head == nullptr) g_sched->runq_tail = nullptr;
+  g_sched->runq_size.fetch_sub(1, std::memory_order_relaxed);
+  g->schedlink = nullptr;
+  return g;
+}
+
+// Takes a fair share of the global queue: returns one G and moves up to
+// `max - 1` more into p's local queue (Go's globrunqget).
+G* GlobRunqGet(P* p, int max) {
+  std::int64_t size = g_sched->runq_size.load(std::memory_order_relaxed);
+  if (size == 0) return nullptr;
+  int procs = g_sched->procs.load(std::memory_order_relaxed);
+  std::int64_t n = std::min<std::int64_t>(size, size / procs + 1);
+  if (max > 0 && n > max) n = max;
+  n = std::min<std::int64_t>(n, RunQueue<G>::capacity() / 2);
+  G* first = GlobRunqPop();
+  auto local = p->runq.local();
+  RunQueue<G>::Overflow overflow;
+  for (std::int64_t i = 1; i < n; ++i) {
+    G* g = GlobRunqPop();
+    if (!local.Push(g, overflow)) {  // cannot happen: ring has room; be safe
+      GlobRunqPutBatch(overflow.items, overflow.count);
+    }
+  }
+  return first;
+}
+
+// --- Idle P and M lists (sched.lock held) -------------------------------------
+
+void PIdlePut(P* p) {
+  p->status.store(kPIdle, std::memory_order_relaxed);
+  p->m = nullptr;
+  p->link = g_sched->pidle;
+  g_sched->pidle = p;
+  g_sched->npidle.fetch_add(1, std::memory_order_seq_cst);
+}
+
+P* PIdleGet() {
+  P* p = g_sched->pidle;
+  if (p != nullptr) {
+    g_sched->pidle = p->link;
+    p->link = nullptr;
+    g_sched->npidle.fetch_sub(1, std::memory_order_seq_cst);
+  }
+  return p;
+}
+
+M* MIdleGet() {
+  if (g_sched->midle.empty()) return nullptr;
+  M* m = g_sched->midle.back();
+  g_sched->midle.pop_back();
+  return m;
+}
+
+void AcquireP(M* m, P* p) {
+  p->m = m;
+  p->status.store(kPRunning, std::memory_order_release);
+  m->p = p;
+}
+
+P* ReleaseP(M* m) {
+  P* p = m->p;
+  m->p = nullptr;
+  p->m = nullptr;
+  return p;
+}
+
+// --- Run queues --------------------------------------------------------------
+
+// Puts g in p's local queue (in runnext if `next`), spilling half of a full
+// ring to the global queue. Executed only by p's owner M.
+void RunqPut(P* p, G* g, bool next) {
+  auto local = p->runq.local();
+  if (next) {
+    g = local.PushNext(g);
+    if (g == nullptr) return;
+  }
+  RunQueue<G>::Overflow overflow;
+  if (!local.Push(g, overflow)) {
+    std::lock_guard<Lock> l(g_sched->lock);
+    GlobRunqPutBatch(overflow.items, overflow.count);
+  }
+}
+
+void StartM(P* p, bool spinning);
+
+// Wakes an idle P to look for work, unless one is already spinning.
+void WakeP() {
+  if (g_sched->npidle.load(std::memory_order_seq_cst) == 0) return;
+  int expected = 0;
+  if (g_sched->nmspinning.load(std::memory_order_seq_cst) != 0 ||
+      !g_sched->nmspinning.compare_exchange_strong(expected, 1,
+                                                   std::memory_order_seq_cst)) {
+    return;
+  }
+  StartM(nullptr, /*spinning=*/true);
+}
+
+// Makes g runnable (Go's ready): into the caller's P's runnext when the
+// caller runs on a P, else into the global queue.
+void ReadyG(G* g, bool next = true) {
+  g->status.store(GStatus::kRunnable, std::memory_order_relaxed);
+  M* m = GetM();
+  if (m != nullptr && m->p != nullptr && !m->in_blocking &&
+      m->p->status.load(std::memory_order_relaxed) == kPRunning) {
+    RunqPut(m->p, g, next);
+  } else {
+    std::lock_guard<Lock> l(g_sched->lock);
+    GlobRunqPut(g);
+  }
+  WakeP();
+}
+
+// --- Timers --------------------------------------------------------------------
+
+void WakeTimerSleeper(std::int64_t when) {
+  if (when < g_sched->timer_sleeper_until.load(std::memory_order_acquire)) {
+    if (M* s = g_sched->timer_sleeper.load(std::memory_order_acquire)) {
+      NoteWakeup(&s->note);
+      return;
+    }
+  }
+}
+
+void AddTimer(P* p, Timer* t) {
+  t->p.store(p, std::memory_order_relaxed);
+  {
+    std::lock_guard<Lock> l(p->timers.lock);
+    p->timers.Add(t);
+  }
+  // An M sleeping until a later deadline must recompute; if no M sleeps
+  // with a deadline and Ps are idle, wake one to become the timer sleeper.
+  if (g_sched->timer_sleeper.load(std::memory_order_acquire) != nullptr) {
+    WakeTimerSleeper(t->when);
+  }
+}
+
+// Called by the timer's owner after it woke up, before its frame dies.
+void CancelTimer(Timer* t) {
+  if (t->fired.load(std::memory_order_acquire)) return;
+  for (;;) {
+    P* p = t->p.load(std::memory_order_acquire);
+    std::lock_guard<Lock> l(p->timers.lock);
+    if (t->p.load(std::memory_order_relaxed) != p) continue;  // moved
+    if (t->index >= 0) p->timers.Remove(t);
+    return;
+  }
+}
+
+// Fires p's expired timers. Returns true if any fired. Any M may call it.
+bool RunTimers(P* p, std::int64_t now) {
+  if (p->timers.next_when.load(std::memory_order_acquire) > now) return false;
+  struct Fired {
+    Parker* parker;
+    std::uint64_t seq;
+  };
+  Fired fired[64];
+  int n = 0;
+  {
+    std::lock_guard<Lock> l(p->timers.lock);
+    while (n < 64 && !p->timers.heap.empty() &&
+           p->timers.heap[0]->when <= now) {
+      Timer* t = p->timers.heap[0];
+      p->timers.Remove(t);
+      fired[n++] = {t->parker, t->seq};
+      // store-release: after this the owner may return and free `t`.
+      t->fired.store(true, std::memory_order_release);
+    }
+  }
+  for (int i = 0; i < n; ++i) {
+    if (fired[i].parker->Finish(fired[i].seq, Parker::kTimedOut) ==
+        Parker::kParked) {
+      ReadyG(static_cast<G*>(fired[i].parker->owner()), /*next=*/false);
+    }
+  }
+  return n > 0;
+}
+
+std::int64_t EarliestTimer() {
+  std::int64_t when = kNoDeadline;
+  int procs = g_sched->procs.load(std::memory_order_acquire);
+  for (int i = 0; i < procs; ++i) {
+    when = std::min(when, g_sched->allp[i]->timers.next_when.load(
+                              std::memory_order_acquire));
+  }
+  return when;
+}
+
+bool RunAllTimers(std::int64_t now) {
+  bool any = false;
+  int procs = g_sched->procs.load(std::memory_order_acquire);
+  for (int i = 0; i < procs; ++i) any |= RunTimers(g_sched->allp[i], now);
+  return any;
+}
+
+// --- Ms ------------------------------------------------------------------------
+
+void MStart(M* m);
+
+// Starts an M to run p (or an idle P if p is null).
+void StartM(P* p, bool spinning) {
+  M* m = nullptr;
+  {
+    std::lock_guard<Lock> l(g_sched->lock);
+    if (p == nullptr) {
+      p = PIdleGet();
+      if (p == nullptr) {
+        if (spinning) g_sched->nmspinning.fetch_sub(1, std::memory_order_seq_cst);
+        return;
+      }
+    }
+    m = MIdleGet();
+    if (m == nullptr) {
+      m = new M;
+      m->id = static_cast<int>(g_sched->allm.size());
+      m->rand = 0x9E3779B9u * (m->id + 1);
+      g_sched->allm.push_back(m);
+      m->nextp.store(p, std::memory_order_relaxed);
+      m->spinning = spinning;
+      m->thread = std::thread(MStart, m);
+      return;
+    }
+    // Under the lock: a woken M reads nextp under it (StopM).
+    m->nextp.store(p, std::memory_order_relaxed);
+    m->spinning = spinning;
+  }
+  NoteWakeup(&m->note);
+}
+
+// Parks the calling M (on g0, without a P) until it is given a P, or until
+// `deadline` or a poke (for the timer sleeper). Returns whether it got a P.
+// Stale wake-ups are harmless: after any wake-up the M looks, under the
+// lock, whether it was given a P, and otherwise takes itself off the list.
+bool StopM(M* m, std::int64_t deadline) {
+  {
+    std::lock_guard<Lock> l(g_sched->lock);
+    if (g_sched->stopping.load(std::memory_order_acquire)) return false;
+    g_sched->midle.push_back(m);
+  }
+  NoteSleep(&m->note, deadline);
+  P* p;
+  {
+    std::lock_guard<Lock> l(g_sched->lock);
+    p = m->nextp.exchange(nullptr, std::memory_order_relaxed);
+    if (p == nullptr) {
+      auto it = std::find(g_sched->midle.begin(), g_sched->midle.end(), m);
+      if (it != g_sched->midle.end()) g_sched->midle.erase(it);
+      return false;
+    }
+  }
+  AcquireP(m, p);
+  return true;
+}
+
+void HandoffP(P* p);
+
+// A retired P's timers move to P 0 (never retired).
+void MoveTimersToP0(P* p) {
+  P* p0 = g_sched->allp[0];
+  std::lock_guard<Lock> lt0(p0->timers.lock);
+  std::lock_guard<Lock> lt(p->timers.lock);
+  while (!p->timers.heap.empty()) {
+    Timer* t = p->timers.heap.back();
+    p->timers.Remove(t);
+    t->p.store(p0, std::memory_order_relaxed);  // both heaps locked
+    p0->timers.Add(t);
+  }
+}
+
+bool PRetired(P* p) {
+  return p->id >= g_sched->procs.load(std::memory_order_relaxed);
+}
+
+
+// Gives up the calling M's P if SetMaxProcs retired it: its queue goes to
+// the global queue and its timers to P 0. Returns false if MaxProcs grew
+// again meanwhile and the P stays. Decided under sched.lock, as
+// SetMaxProcs decides which retired Ps to bring back.
+bool ReleaseRetiredP(M* m) {
+  P* p = m->p;
+  {
+    std::lock_guard<Lock> l(g_sched->lock);
+    if (!PRetired(p)) return false;
+    ReleaseP(m);
+    p->status.store(kPRetired, std::memory_order_release);
+    auto local = p->runq.local();
+    while (G* g = local.Pop()) GlobRunqPut(g);
+  }
+  MoveTimersToP0(p);
+  WakeP();
+  return true;
+}
+
+// --- Finding work (Go's findRunnable), on g0 -----------------------------------
+
+G* StealWork(M* m) {
+  int procs = g_sched->procs.load(std::memory_order_acquire);
+  P* self = m->p;
+  auto local = self->runq.local();
+  for (int round = 0; round < 4; ++round) {
+    bool last = round == 3;
+    std::uint32_t start = FastRand(m);
+    for (int i = 0; i < procs; ++i) {
+      P* victim = g_sched->allp[(start + i) % procs];
+      if (victim == self) continue;
+      if (G* g = victim->runq.stealer().StealInto(local, last)) return g;
+    }
+    if (RunAllTimers(MonoNow())) {
+      if (G* g = local.Pop()) return g;
+    }
+  }
+  return nullptr;
+}
+
+void ResetSpinning(M* m) {
+  m->spinning = false;
+  if (g_sched->nmspinning.fetch_sub(1, std::memory_order_seq_cst) == 1) {
+    WakeP();  // the last spinning M to find work wakes another
+  }
+}
+
+G* FindRunnable(M* m) {
+top:
+  if (g_sched->stopping.load(std::memory_order_acquire)) return nullptr;
+  P* p = m->p;
+  if (PRetired(p) && ReleaseRetiredP(m)) goto nop;
+  {
+    std::int64_t now = MonoNow();
+    RunAllTimers(now);
+    if ((p->schedtick + 1) % kGlobalQueueTick == 0 &&
+        g_sched->runq_size.load(std::memory_order_relaxed) > 0) {
+      std::lock_guard<Lock> l(g_sched->lock);
+      if (G* g = GlobRunqGet(p, 1)) return g;
+    }
+    if (G* g = p->runq.local().Pop()) return g;
+    if (g_sched->runq_size.load(std::memory_order_relaxed) > 0) {
+      std::lock_guard<Lock> l(g_sched->lock);
+      if (G* g = GlobRunqGet(p, 0)) return g;
+    }
+    // (netpoll hook: poll I/O without blocking here.)
+    int procs = g_sched->procs.load(std::memory_order_relaxed);
+    if (m->spinning ||
+        2 * g_sched->nmspinning.load(std::memory_order_relaxed) <
+            procs - g_sched->npidle.load(std::memory_order_relaxed)) {
+      if (!m->spinning) {
+        m->spinning = true;
+        g_sched->nmspinning.fetch_add(1, std::memory_order_seq_cst);
+      }
+      if (G* g = StealWork(m)) return g;
+    }
+    // Nothing: give up the P.
+    {
+      std::lock_guard<Lock> l(g_sched->lock);
+      if (g_sched->runq_size.load(std::memory_order_relaxed) > 0) {
+        if (G* g = GlobRunqGet(p, 0)) return g;
+      }
+      ReleaseP(m);
+      PIdlePut(p);
+    }
+    if (m->spinning) {
+      m->spinning = false;
+      g_sched->nmspinning.fetch_sub(1, std::memory_order_seq_cst);
+      // Re-check every queue after dropping "spinning": a G readied just
+      // before our decrement saw nmspinning != 0 and did not wake anyone.
+      int procs2 = g_sched->procs.load(std::memory_order_seq_cst);
+      for (int i = 0; i < procs2; ++i) {
+        if (g_sched->allp[i]->runq.Size() > 0 ||
+            g_sched->runq_size.load(std::memory_order_seq_cst) > 0) {
+          P* p2;
+          {
+            std::lock_guard<Lock> l(g_sched->lock);
+            p2 = PIdleGet();
+          }
+          if (p2 != nullptr) {
+            AcquireP(m, p2);
+            m->spinning = true;
+            g_sched->nmspinning.fetch_add(1, std::memory_order_seq_cst);
+            goto top;
+          }
+          break;
+        }
+      }
+    }
+  }
+nop:
+  if (m->spinning) {  // e.g. started spinning with a P that then retired
+    m->spinning = false;
+    g_sched->nmspinning.fetch_sub(1, std::memory_order_seq_cst);
+  }
+  for (;;) {
+    // Sleep until given a P; the first M to sleep while timers are pending
+    // sleeps only until the earliest one (Go's netpoll(delay) role).
+    std::int64_t until = EarliestTimer();
+    M* expected = nullptr;
+    bool sleeper = until != kNoDeadline &&
+                   g_sched->timer_sleeper.compare_exchange_strong(expected, m);
+    if (sleeper) {
+      g_sched->timer_sleeper_until.store(until, std::memory_order_release);
+      // Re-read: a timer added before we became the sleeper did not wake us.
+      until = std::min(until, EarliestTimer());
+    }
+    bool got_p = StopM(m, sleeper ? until : kNoDeadline);
+    if (sleeper) {
+      g_sched->timer_sleeper_until.store(kNoDeadline, std::memory_order_release);
+      g_sched->timer_sleeper.store(nullptr, std::memory_order_release);
+    }
+    if (g_sched->stopping.load(std::memory_order_acquire)) return nullptr;
+    if (got_p) {
+      if (m->spinning) {
+        // Started spinning by WakeP.
+      }
+      goto top;
+    }
+    // Timed out: timers are due. Fire them; readied Gs go to the global
+    // queue (we have no P), and WakeP starts an M for them.
+    RunAllTimers(MonoNow());
+    P* p2;
+    {
+      std::lock_guard<Lock> l(g_sched->lock);
+      p2 = PIdleGet();
+    }
+    if (p2 != nullptr) {
+      AcquireP(m, p2);
+      goto top;
+    }
+  }
+}
+
+// --- Switching -------------------------------------------------------------------
+
+void GExitHook(Fiber* from, void*);
+void ParkHook(Fiber* from, void* arg);
+void YieldHook(Fiber* from, void*);
+
+// The next G from the local queue, without blocking, honouring the runnext
+// cap and the every-61st-tick global queue check. Null means "go to g0".
+// Executed only by p's owner.
+G* NextLocal(M* m, P* p) {
+  if (m->locked_g != nullptr || PRetired(p)) return nullptr;
+  if ((p->schedtick + 1) % kGlobalQueueTick == 0) {
+    if (g_sched->runq_size.load(std::memory_order_relaxed) > 0) return nullptr;
+    if (p->timers.next_when.load(std::memory_order_relaxed) <= MonoNow()) {
+      return nullptr;
+    }
+  }
+  auto local = p->runq.local();
+  G* g = nullptr;
+  if (p->runnext_streak >= kRunnextCap) {
+    g = local.Pop(/*use_next=*/false);
+    if (g == nullptr) g = local.Pop(true);
+  } else {
+    g = local.Pop(true);
+  }
+  if (g == nullptr) return nullptr;
+  p->runnext_streak = local.last_pop_was_next() ? p->runnext_streak + 1 : 0;
+  if (g->locked_m != nullptr && g->locked_m != m) {
+    m->pending = g;  // g0 hands it to its own M
+    return nullptr;
+  }
+  return g;
+}
+
+void MarkRunning(M* m, G* g) {
+  m->curg = g;
+  g->status.store(GStatus::kRunning, std::memory_order_relaxed);
+  P* p = m->p;
+  ++p->schedtick;
+  p->sched_count.store(p->schedtick, std::memory_order_relaxed);
+  p->current_g.store(g->id, std::memory_order_relaxed);
+}
+
+// Switches the current G away: to the next local G if there is one, else to
+// g0. `hook(from, arg)` runs on the other side. Executed by the current G.
+void SwitchAway(bool exiting, Fiber::AfterSwitch hook, void* arg) {
+  M* m = GetM();
+  G* next = m->p != nullptr ? NextLocal(m, m->p) : nullptr;
+  Fiber* target;
+  if (next != nullptr) {
+    MarkRunning(m, next);
+    target = next->fiber;
+  } else {
+    m->curg = nullptr;
+    target = m->g0;
+  }
+  if (exiting) Fiber::ExitTo(target, hook, arg);
+  Fiber::SwitchTo(target, hook, arg);
+}
+
+// --- G lifecycle ---------------------------------------------------------------
+
+G* AllocG() {
+  M* m = GetM();
+  if (m != nullptr && m->p != nullptr && m->p->gfree != nullptr) {
+    P* p = m->p;
+    G* g = p->gfree;
+    p->gfree = g->schedlink;
+    --p->gfree_count;
+    g->schedlink = nullptr;
+    return g;
+  }
+  {
+    std::lock_guard<Lock> l(g_sched->gfree_lock);
+    if (G* g = g_sched->gfree) {
+      g_sched->gfree = g->schedlink;
+      g->schedlink = nullptr;
+      return g;
+    }
+  }
+  G* g = new G;
+  std::lock_guard<Lock> l(g_sched->allg_lock);
+  g_sched->allg.push_back(g);
+  return g;
+}
+
+// Executed on the M that ran g, with a P, after g's fiber is gone.
+void FreeG(G* g) {
+  g->status.store(GStatus::kDead, std::memory_order_relaxed);
+  g->fiber = nullptr;
+  M* m = GetM();
+  P* p = m->p;
+  if (p != nullptr && p->gfree_count < 64) {
+    g->schedlink = p->gfree;
+    p->gfree = g;
+    ++p->gfree_count;
+    return;
+  }
+  std::lock_guard<Lock> l(g_sched->gfree_lock);
+  g->schedlink = g_sched->gfree;
+  g_sched->gfree = g;
+}
+
+void GExitHook(Fiber* from, void*) {
+  G* g = static_cast<G*>(from->user_data());
+  Fiber::Destroy(from);
+  FreeG(g);
+  g_sched->ngo.fetch_sub(1, std::memory_order_acq_rel);
+}
+
+// Runs on g's fiber after its function and captures are gone.
+void GExit(Fiber* self) {
+  G* g = static_cast<G*>(self->user_data());
+  M* m = GetM();
+  if (g->locked_m != nullptr) {  // exits while locked: unlock
+    g->locked_m = nullptr;
+    g->lock_count = 0;
+    m->locked_g = nullptr;
+  }
+  SwitchAway(/*exiting=*/true, &GExitHook, nullptr);
+}
+
+void RunG(G* g) {
+  try {
+    if (g->main_result != nullptr) {
+      *g->main_result = std::move(g->main_fn)();
+      g->main_fn = nullptr;
+    } else {
+      auto fn = std::move(g->fn);
+      std::move(fn)();
+    }
+  } catch (const ExitSignal&) {
+    g->fn = nullptr;
+    g->main_fn = nullptr;
+  }
+  if (g->main_done != nullptr) NoteWakeup(g->main_done);
+}
+
+void EnsureStarted();
+
+G* NewG(absl::AnyInvocable<void() &&> fn, std::source_location site) {
+  G* g = AllocG();
+  g->id = g_sched->goid.fetch_add(1, std::memory_order_relaxed);
+  g->fn = std::move(fn);
+  g->created_file = site.file_name();
+  g->created_line = static_cast<int>(site.line());
+  g->main_result = nullptr;
+  g->main_done = nullptr;
+  Fiber::Options opts;
+  opts.stack_size = g_sched->options.stack_size;
+  g->fiber = Fiber::Create([g] { RunG(g); }, opts);
+  g->fiber->set_user_data(g);
+  g->fiber->set_exit_handler(&GExit);
+  g_sched->ngo.fetch_add(1, std::memory_order_relaxed);
+  // store-release: ForEachFiber reads the fields above once it sees this.
+  g->status.store(GStatus::kRunnable, std::memory_order_release);
+  return g;
+}
+
+// --- Parking hooks ------------------------------------------------------------------
+
+struct ParkArgs {
+  G* g;
+  std::uint64_t seq;
+  ParkCommitFn commit;
+  void* commit_arg;
+};
+
+void ParkHook(Fiber* from, void* arg) {
+  ParkArgs a = *static_cast<ParkArgs*>(arg);  // lives on from's stack
+  if (a.commit != nullptr && !a.commit(a.commit_arg)) {
+    a.g->parker.Finish(a.seq, Parker::kUnparked);
+    ReadyG(a.g);
+    return;
+  }
+  const std::uint64_t base = a.seq << Parker::kStateBits;
+  std::uint64_t w = base | Parker::kPreparing;
+  if (!a.g->parker.word_.compare_exchange_strong(
+          w, base | Parker::kParked, std::memory_order_acq_rel,
+          std::memory_order_acquire)) {
+    ReadyG(a.g);  // an Unpark or the deadline won while we switched
+  }
+}
+
+Parker* HookCurrent() {
+  G* g = CurrentG();
+  return g != nullptr ? &g->parker : nullptr;
+}
+
+ParkResult HookPark(Parker* p, std::uint64_t seq, ParkCommitFn commit,
+                    void* arg, std::int64_t deadline) {
+  G* g = static_cast<G*>(p->owner());
+  M* m = GetM();
+  if (m->in_blocking) {
+    Fatal("gort: fiber %llu parks inside Blocking(); Blocking's function must "
+          "not use gort's blocking primitives",
+          static_cast<unsigned long long>(g->id));
+  }
+  Timer timer;
+  if (deadline != kNoDeadline) {
+    timer.when = deadline;
+    timer.parker = p;
+    timer.seq = seq;
+    AddTimer(m->p, &timer);
+  }
+  g->status.store(GStatus::kWaiting, std::memory_order_relaxed);
+  ParkArgs args{g, seq, commit, arg};
+  SwitchAway(/*exiting=*/false, &ParkHook, &args);
+  if (deadline != kNoDeadline) CancelTimer(&timer);
+  return (p->word_.load(std::memory_order_acquire) & Parker::kStateMask) ==
+                 Parker::kTimedOut
+             ? ParkResult::kTimedOut
+             : ParkResult::kUnparked;
+}
+
+void HookReady(Parker* p) { ReadyG(static_cast<G*>(p->owner())); }
+
+const SchedulerHooks kHooks = {&HookCurrent, &HookPark, &HookReady};
+
+void YieldHook(Fiber* from, void*) {
+  G* g = static_cast<G*>(from->user_data());
+  g->status.store(GStatus::kRunnable, std::memory_order_relaxed);
+  M* m = GetM();
+  // Go's Gosched queues globally; we stay local (no lock) unless the local
+  // queue is empty and others wait in the global one, which then go first.
+  if (m->p != nullptr &&
+      (m->p->runq.Size() > 0 ||
+       g_sched->runq_size.load(std::memory_order_relaxed) == 0)) {
+    RunqPut(m->p, g, /*next=*/false);
+  } else {
+    std::lock_guard<Lock> l(g_sched->lock);
+    GlobRunqPut(g);
+  }
+}
+
+// Publishes a G leaving a Blocking call without a P: global queue.
+void GlobalReadyHook(Fiber* from, void*) {
+  G* g = static_cast<G*>(from->user_data());
+  g->status.store(GStatus::kRunnable, std::memory_order_relaxed);
+  {
+    std::lock_guard<Lock> l(g_sched->lock);
+    GlobRunqPut(g);
+  }
+  WakeP();
+}
+
+// --- The M's loop (g0) ------------------------------------------------------------
+
+void Execute(M* m, G* g) {
+  MarkRunning(m, g);
+  Fiber::SwitchTo(g->fiber);
+  // Back on g0: the G parked, yielded or exited and its hook has run.
+}
+
+// Hands p (held by the calling M) and g (locked to another M) to that M.
+void StartLockedM(M* m, G* g) {
+  P* p = ReleaseP(m);
+  M* lm = g->locked_m;
+  lm->handed = g;
+  // store-release: publishes `handed` to the locked M.
+  lm->nextp.store(p, std::memory_order_release);
+  NoteWakeup(&lm->note);
+}
+
+void Schedule(M* m) {
+  for (;;) {
+    if (g_sched->stopping.load(std::memory_order_acquire)) return;
+    if (m->locked_g != nullptr) {
+      // Our locked G stopped running: give the P away and wait for whoever
+      // picks the G up to hand it to us with a P (Go's stoplockedm).
+      if (m->p != nullptr) HandoffP(ReleaseP(m));
+      P* p;
+      while ((p = m->nextp.exchange(nullptr, std::memory_order_acquire)) ==
+             nullptr) {
+        if (g_sched->stopping.load(std::memory_order_acquire)) return;
+        NoteSleep(&m->note, kNoDeadline);
+      }
+      AcquireP(m, p);
+      G* g = m->handed;  // written before nextp's store-release
+      m->handed = nullptr;
+      Execute(m, g);
+      continue;
+    }
+    if (m->p == nullptr) {
+      if (!StopM(m, kNoDeadline)) {
+        if (g_sched->stopping.load(std::memory_order_acquire)) return;
+        continue;
+      }
+    }
+    G* g = m->pending;
+    m->pending = nullptr;
+    if (g == nullptr) {
+      g = FindRunnable(m);
+      if (g == nullptr) return;  // shutdown
+    }
+    if (m->spinning) ResetSpinning(m);
+    if (g->locked_m != nullptr && g->locked_m != m) {
+      StartLockedM(m, g);
+      continue;  // we have no P now: StopM above
+    }
+    Execute(m, g);
+  }
+}
+
+void MStart(M* m) {
+  SetM(m);
+  m->g0 = Fiber::Current();
+  char name[16];
+  std::snprintf(name, sizeof(name), "gort-m%d", m->id);
+  pthread_setname_np(pthread_self(), name);
+  if (P* p = m->nextp.exchange(nullptr, std::memory_order_acquire)) {
+    AcquireP(m, p);
+  }
+  Schedule(m);
+  SetM(nullptr);
+}
+
+// Gives up p (taken from an M in a Blocking call, or by a locked M): start
+// an M for it if there is work, else make it idle.
+void HandoffP(P* p) {
+  bool work = p->runq.Size() > 0 ||
+              g_sched->runq_size.load(std::memory_order_relaxed) > 0 ||
+              p->timers.next_when.load(std::memory_order_relaxed) !=
+                  kNoDeadline;
+  if (work) {
+    StartM(p, /*spinning=*/false);
+    return;
+  }
+  int expected = 0;
+  if (g_sched->nmspinning.load(std::memory_order_relaxed) +
+              g_sched->npidle.load(std::memory_order_relaxed) ==
+          0 &&
+      g_sched->nmspinning.compare_exchange_strong(expected, 1)) {
+    StartM(p, /*spinning=*/true);
+    return;
+  }
+  std::lock_guard<Lock> l(g_sched->lock);
+  PIdlePut(p);
+}
+
+// --- The monitor (Go's sysmon) -----------------------------------------------------
+
+void SysmonLoop() {
+  std::int64_t delay_ns = 20'000;
+  int idle_rounds = 0;
+  std::int64_t trace_ns =
+      std::int64_t{g_sched->options.sched_trace_ms} * 1'000'000;
+  std::int64_t next_trace = trace_ns > 0 ? MonoNow() + trace_ns : kNoDeadline;
+  const std::int64_t start = MonoNow();
+  while (!g_sched->stopping.load(std::memory_order_acquire)) {
+    bool long_sleep = delay_ns >= 1'000'000;
+    g_sched->sysmon_idle_sleep.store(long_sleep, std::memory_order_release);
+    NoteSleep(&g_sched->sysmon_note, MonoNow() + delay_ns);
+    g_sched->sysmon_idle_sleep.store(false, std::memory_order_release);
+    if (g_sched->stopping.load(std::memory_order_acquire)) break;
+    std::int64_t now = MonoNow();
+    bool acted = false;
+    int procs = g_sched->procs.load(std::memory_order_acquire);
+    for (int i = 0; i < procs; ++i) {
+      P* p = g_sched->allp[i];
+      int st = p->status.load(std::memory_order_acquire);
+      if (st == kPSyscall) {
+        std::uint64_t c = p->syscall_count.load(std::memory_order_relaxed);
+        if (c != p->seen_syscall) {
+          p->seen_syscall = c;
+          p->seen_syscall_at = now;
+        } else if (now - p->seen_syscall_at >= kSyscallRetakeNs) {
+          int expected = kPSyscall;
+          if (p->status.compare_exchange_strong(expected, kPIdle,
+                                                std::memory_order_acq_rel)) {
+            g_sched->handoffs.fetch_add(1, std::memory_order_relaxed);
+            p->m = nullptr;
+            HandoffP(p);
+            acted = true;
+          }
+        }
+      } else if (st == kPRunning) {
+        std::uint64_t c = p->sched_count.load(std::memory_order_relaxed);
+        if (c != p->seen_sched) {
+          p->seen_sched = c;
+          p->seen_sched_at = now;
+          p->reported_long = false;
+        } else if (!p->reported_long &&
+                   now - p->seen_sched_at >= kLongRunningNs) {
+          p->reported_long = true;
+          g_sched->long_running.fetch_add(1, std::memory_order_relaxed);
+          if (trace_ns > 0) {
+            std::fprintf(stderr,
+                         "SCHED: fiber %llu has run for %lld ms on P %d "
+                         "without a scheduling point\n",
+                         static_cast<unsigned long long>(
+                             p->current_g.load(std::memory_order_relaxed)),
+                         static_cast<long long>((now - p->seen_sched_at) /
+                                                1'000'000),
+                         p->id);
+          }
+        }
+      }
+    }
+    // Overdue timers with nobody to run them: wake an M.
+    if (EarliestTimer() < now - 1'000'000 &&
+        g_sched->timer_sleeper.load(std::memory_order_acquire) == nullptr) {
+      WakeP();
+    }
+    if (now >= next_trace) {
+      SchedStats s = GetSchedStats();
+      std::string queues;
+      for (int i = 0; i < procs; ++i) {
+        queues += (i ? " " : "") +
+                  std::to_string(g_sched->allp[i]->runq.Size());
+      }
+      std::fprintf(stderr,
+                   "SCHED %lldms: procs=%d idleprocs=%d threads=%d "
+                   "spinningthreads=%d idlethreads=%d runqueue=%lld "
+                   "fibers=%lld handoffs=%lld longrunning=%lld [%s]\n",
+                   static_cast<long long>((now - start) / 1'000'000), s.procs,
+                   s.idle_procs, s.threads, s.spinning_threads,
+                   s.idle_threads, static_cast<long long>(s.global_runq),
+                   static_cast<long long>(s.fibers),
+                   static_cast<long long>(s.handoffs),
+                   static_cast<long long>(s.long_running), queues.c_str());
+      next_trace = now + trace_ns;
+    }
+    // Go's backoff: 20 us while things happen, doubling to 10 ms when idle,
+    // but stay fast while fibers are inside Blocking calls.
+    if (acted || g_sched->in_blocking.load(std::memory_order_relaxed) > 0) {
+      idle_rounds = 0;
+      delay_ns = 20'000;
+    } else if (++idle_rounds > 50) {
+      delay_ns = std::min<std::int64_t>(delay_ns * 2, 10'000'000);
+    }
+    if (trace_ns > 0) delay_ns = std::min(delay_ns, trace_ns);
+  }
+}
+
+// --- Start / stop ----------------------------------------------------------------
+
+int DefaultProcs() {
+  if (const char* env = std::getenv("GORT_MAXPROCS")) {
+    int n = std::atoi(env);
+    if (n >= 1) return std::min(n, kMaxProcs);
+  }
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) {
+    return std::clamp(CPU_COUNT(&set), 1, kMaxProcs);
+  }
+  return std::clamp(static_cast<int>(std::thread::hardware_concurrency()), 1,
+                    kMaxProcs);
+}
+
+P* NewP(int id) {
+  P* p = new P;
+  p->id = id;
+  return p;
+}
+
+void StartLocked(const RuntimeOptions& options) {
+  if (g_running.load(std::memory_order_acquire)) {
+    Fatal("gort::Start: the runtime is already running");
+  }
+  g_sched = new Sched;
+  g_sched->options = options;
+  int procs = options.max_procs > 0 ? std::min(options.max_procs, kMaxProcs)
+                                    : DefaultProcs();
+  if (g_sched->options.sched_trace_ms == 0) {
+    if (const char* env = std::getenv("GORT_SCHEDTRACE")) {
+      g_sched->options.sched_trace_ms = std::max(0, std::atoi(env));
+    }
+  }
+  for (int i = 0; i < procs; ++i) g_sched->allp[i] = NewP(i);
+  g_sched->procs.store(procs, std::memory_order_release);
+  for (int i = procs - 1; i >= 0; --i) PIdlePut(g_sched->allp[i]);
+  InstallSchedulerHooks(&kHooks);
+  g_sched->sysmon = std::thread([] {
+    pthread_setname_np(pthread_self(), "gort-sysmon");
+    SysmonLoop();
+  });
+  g_running.store(true, std::memory_order_release);
+}
+
+void EnsureStarted() {
+  if (__builtin_expect(g_running.load(std::memory_order_acquire), 1)) return;
+  std::lock_guard<std::mutex> l(g_start_mu);
+  if (!g_running.load(std::memory_order_relaxed)) StartLocked(RuntimeOptions{});
+}
+
+void Spawn(G* g) {
+  M* m = GetM();
+  if (m != nullptr && m->p != nullptr && m->curg != nullptr &&
+      !m->in_blocking) {
+    RunqPut(m->p, g, /*next=*/true);  // Go's newproc: the new G runs next
+  } else {
+    std::lock_guard<Lock> l(g_sched->lock);
+    GlobRunqPut(g);
+  }
+  WakeP();
+}
+
+}  // namespace
+
+// --- Blocking ---------------------------------------------------------------------
+
+bool EnterBlocking() {
+  M* m = GetM();
+  if (m == nullptr || m->curg == nullptr || m->p == nullptr) return false;
+  if (m->in_blocking) return false;  // nested: the outer call handles it
+  P* p = m->p;
+  m->in_blocking = true;
+  m->curg->status.store(GStatus::kSyscall, std::memory_order_relaxed);
+  p->syscall_count.store(p->syscall_count.load(std::memory_order_relaxed) + 1,
+                         std::memory_order_relaxed);
+  // store-release: the monitor may take p from now on.
+  p->status.store(kPSyscall, std::memory_order_release);
+  if (g_sched->in_blocking.fetch_add(1, std::memory_order_relaxed) == 0 &&
+      g_sched->sysmon_idle_sleep.load(std::memory_order_acquire)) {
+    NoteWakeup(&g_sched->sysmon_note);  // tighten its period
+  }
+  return true;
+}
+
+void ExitBlocking(bool entered) {
+  if (!entered) return;
+  M* m = GetM();
+  G* g = m->curg;
+  P* p = m->p;
+  g_sched->in_blocking.fetch_sub(1, std::memory_order_relaxed);
+  m->in_blocking = false;
+  int expected = kPSyscall;
+  if (p->status.compare_exchange_strong(expected, kPRunning,
+                                        std::memory_order_acq_rel)) {
+    g->status.store(GStatus::kRunning, std::memory_order_relaxed);
+    return;  // fast path: the P was not retaken
+  }
+  // The monitor handed our P to another M. Try an idle P; else queue the G
+  // globally and let this M sleep.
+  m->p = nullptr;
+  P* p2 = nullptr;
+  if (m->locked_g == nullptr) {
+    std::lock_guard<Lock> l(g_sched->lock);
+    p2 = PIdleGet();
+  }
+  if (p2 != nullptr) {
+    AcquireP(m, p2);
+    MarkRunning(m, g);
+    return;
+  }
+  m->curg = nullptr;
+  Fiber::SwitchTo(m->g0, &GlobalReadyHook, nullptr);
+}
+
+}  // namespace sched_internal
+
+// --- Public API ----------------------------------------------------------------------
+
+using namespace sched_internal;  // NOLINT: this file's own internals
+
+void Start(const RuntimeOptions& options) {
+  std::lock_guard<std::mutex> l(g_start_mu);
+  StartLocked(options);
+}
+
+bool Running() { return g_running.load(std::memory_order_acquire); }
+
+bool Shutdown(absl::Duration timeout) {
+  if (GetM() != nullptr) Fatal("gort::Shutdown called from a fiber's thread");
+  std::lock_guard<std::mutex> l(g_start_mu);
+  if (!g_running.load(std::memory_order_acquire)) return true;
+  absl::Time deadline = absl::Now() + timeout;
+  while (g_sched->ngo.load(std::memory_order_acquire) > 0) {
+    if (absl::Now() >= deadline) return false;
+    absl::SleepFor(absl::Milliseconds(1));
+  }
+  g_sched->stopping.store(true, std::memory_order_seq_cst);
+  NoteWakeup(&g_sched->sysmon_note);
+  g_sched->sysmon.join();
+  std::vector<M*> ms;
+  {
+    std::lock_guard<Lock> lk(g_sched->lock);
+    ms = g_sched->allm;
+  }
+  for (M* m : ms) NoteWakeup(&m->note);
+  for (M* m : ms) {
+    m->thread.join();
+    delete m;
+  }
+  InstallSchedulerHooks(nullptr);
+  for (G* g : g_sched->allg) delete g;
+  for (P* p : g_sched->allp) delete p;
+  delete g_sched;
+  g_sched = nullptr;
+  g_running.store(false, std::memory_order_release);
+  return true;
+}
+
+void Go(absl::AnyInvocable<void() &&> fn, std::source_location site) {
+  EnsureStarted();
+  Spawn(NewG(std::move(fn), site));
+}
+
+void Yield() {
+  G* g = CurrentG();
+  if (g == nullptr) {
+    std::this_thread::yield();
+    return;
+  }
+  M* m = GetM();
+  if (m->locked_g == nullptr && m->p != nullptr && m->p->runq.Size() == 0 &&
+      g_sched->runq_size.load(std::memory_order_relaxed) == 0 &&
+      m->p->timers.next_when.load(std::memory_order_relaxed) > sched_internal::MonoNow()) {
+    return;  // nothing else to run here
+  }
+  SwitchAway(/*exiting=*/false, &YieldHook, nullptr);
+}
+
+namespace {
+// now + d on the monotonic clock, saturating (an infinite sleep parks
+// forever; a negative one returns at once).
+std::int64_t DeadlineAfter(absl::Duration d) {
+  std::int64_t now = sched_internal::MonoNow();
+  if (d >= absl::Nanoseconds(kNoDeadline - now)) return kNoDeadline;
+  if (d <= absl::ZeroDuration()) return now;
+  return now + absl::ToInt64Nanoseconds(d);
+}
+}  // namespace
+
+void SleepUntil(absl::Time t) { Sleep(t - absl::Now()); }
+
+void Sleep(absl::Duration d) {
+  std::int64_t deadline = DeadlineAfter(d);
+  for (;;) {
+    ParkTicket ticket = Parker::Current()->Prepare();
+    if (Park(ticket, WaitReason::kSleep, nullptr, nullptr, deadline) ==
+        ParkResult::kTimedOut) {
+      return;
+    }
+  }
+}
+
+std::int64_t NumFibers() {
+  return g_running.load(std::memory_order_acquire)
+             ? g_sched->ngo.load(std::memory_order_acquire)
+             : 0;
+}
+
+void Exit() {
+  if (CurrentG() == nullptr) Fatal("gort::Exit called outside a fiber");
+  throw ExitSignal{};
+}
+
+void SetMaxProcs(int n) {
+  if (n < 1) Fatal("gort::SetMaxProcs(%d): must be at least 1", n);
+  n = std::min(n, kMaxProcs);
+  EnsureStarted();
+  std::lock_guard<std::mutex> l(g_start_mu);
+  int old = g_sched->procs.load(std::memory_order_acquire);
+  if (n == old) return;
+  std::unique_lock<Lock> lk(g_sched->lock);
+  if (n > old) {
+    std::vector<P*> back;
+    for (int i = old; i < n; ++i) {
+      if (g_sched->allp[i] == nullptr) {
+        g_sched->allp[i] = NewP(i);
+        g_sched->allp[i]->status.store(kPRetired, std::memory_order_relaxed);
+      }
+      // A P whose M has not yet noticed its retirement just stays with it.
+      if (g_sched->allp[i]->status.load(std::memory_order_acquire) ==
+          kPRetired) {
+        back.push_back(g_sched->allp[i]);
+      }
+    }
+    g_sched->procs.store(n, std::memory_order_release);
+    for (P* p : back) PIdlePut(p);
+    lk.unlock();
+    for (int i = old; i < n; ++i) WakeP();
+    return;
+  }
+  std::vector<P*> retired;
+  {
+    g_sched->procs.store(n, std::memory_order_release);
+    // Idle Ps beyond n leave the idle list now; running ones retire when
+    // their M next schedules (NextLocal/FindRunnable notice).
+    P** link = &g_sched->pidle;
+    while (*link != nullptr) {
+      P* p = *link;
+      if (p->id >= n) {
+        *link = p->link;
+        p->link = nullptr;
+        g_sched->npidle.fetch_sub(1, std::memory_order_seq_cst);
+        p->status.store(kPRetired, std::memory_order_relaxed);
+        auto local = p->runq.local();
+        while (G* g = local.Pop()) GlobRunqPut(g);
+        retired.push_back(p);
+      } else {
+        link = &p->link;
+      }
+    }
+  }
+  lk.unlock();
+  for (P* p : retired) MoveTimersToP0(p);
+  WakeP();
+}
+
+int MaxProcs() {
+  if (!g_running.load(std::memory_order_acquire)) return DefaultProcs();
+  return g_sched->procs.load(std::memory_order_acquire);
+}
+
+void LockOSThread() {
+  G* g = CurrentG();
+  if (g == nullptr) return;
+  M* m = GetM();
+  ++g->lock_count;
+  g->locked_m = m;
+  m->locked_g = g;
+}
+
+void UnlockOSThread() {
+  G* g = CurrentG();
+  if (g == nullptr || g->lock_count == 0) return;
+  if (--g->lock_count == 0) {
+    GetM()->locked_g = nullptr;
+    g->locked_m = nullptr;
+  }
+}
+
+int RunMain(absl::AnyInvocable<int() &&> main_fn) {
+  EnsureStarted();
+  int result = 0;
+  std::atomic<std::uint32_t> done{0};
+  G* g = NewG([] {}, std::source_location::current());
+  g->main_fn = std::move(main_fn);
+  g->main_result = &result;
+  g->main_done = &done;
+  Spawn(g);
+  NoteSleep(&done, kNoDeadline);
+  return result;
+}
+
+void ForEachFiber(const std::function<void(const FiberInfo&)>& fn) {
+  if (!g_running.load(std::memory_order_acquire)) return;
+  std::vector<FiberInfo> infos;
+  {
+    std::lock_guard<Lock> l(g_sched->allg_lock);
+    for (G* g : g_sched->allg) {
+      GStatus st = g->status.load(std::memory_order_acquire);
+      if (st == GStatus::kIdle || st == GStatus::kDead) continue;
+      FiberInfo info{};
+      info.id = g->id;
+      switch (st) {
+        case GStatus::kRunning: info.state = FiberInfo::State::kRunning; break;
+        case GStatus::kWaiting: info.state = FiberInfo::State::kWaiting; break;
+        case GStatus::kSyscall: info.state = FiberInfo::State::kSyscall; break;
+        default: info.state = FiberInfo::State::kRunnable; break;
+      }
+      info.wait_reason = g->parker.wait_reason();
+      info.created_file = g->created_file;
+      info.created_line = g->created_line;
+      info.saved_frame_pointer = nullptr;  // walked by //leakcheck
+      infos.push_back(info);
+    }
+  }
+  for (const FiberInfo& info : infos) fn(info);
+}
+
+SchedStats GetSchedStats() {
+  SchedStats s{};
+  if (!g_running.load(std::memory_order_acquire)) return s;
+  s.procs = g_sched->procs.load(std::memory_order_relaxed);
+  s.idle_procs = g_sched->npidle.load(std::memory_order_relaxed);
+  {
+    std::lock_guard<Lock> l(g_sched->lock);
+    s.threads = static_cast<int>(g_sched->allm.size());
+    s.idle_threads = static_cast<int>(g_sched->midle.size());
+  }
+  s.spinning_threads = g_sched->nmspinning.load(std::memory_order_relaxed);
+  s.global_runq = g_sched->runq_size.load(std::memory_order_relaxed);
+  s.fibers = g_sched->ngo.load(std::memory_order_relaxed);
+  s.handoffs = g_sched->handoffs.load(std::memory_order_relaxed);
+  s.long_running = g_sched->long_running.load(std::memory_order_relaxed);
+  return s;
+}
+
+}  // namespace gort

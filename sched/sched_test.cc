@@ -1,0 +1,608 @@
+#include "sched/sched.h"
+
+#include <fcntl.h>
+#include <pthread.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <memory>
+#include <set>
+#include <stdexcept>
+#include <thread>
+#include <vector>
+
+#include "absl/time/clock.h"
+#include "fiber/fiber.h"
+#include "gtest/gtest.h"
+#include "sched/testing/latch.h"
+
+namespace gort {
+namespace {
+
+using testing::Latch;
+using sched_internal::Lock;
+
+#if defined(GORT_SANITIZED)
+constexpr int kScale = 10;
+#else
+constexpr int kScale = 1;
+#endif
+
+// Each test gets a fresh runtime with the parameter's number of Ps.
+class SchedTest : public ::testing::TestWithParam<int> {
+ protected:
+  void SetUp() override {
+    RuntimeOptions options;
+    options.max_procs = GetParam();
+    Start(options);
+  }
+  void TearDown() override {
+    EXPECT_TRUE(Shutdown(absl::Seconds(60))) << "fibers leaked";
+    EXPECT_FALSE(Running());
+  }
+};
+
+INSTANTIATE_TEST_SUITE_P(Procs, SchedTest, ::testing::Values(1, 2, 4),
+                         [](const auto& info) {
+                           return "P" + std::to_string(info.param);
+                         });
+
+long Tid() { return syscall(SYS_gettid); }
+
+TEST_P(SchedTest, MaxProcsIsTheOption) { EXPECT_EQ(MaxProcs(), GetParam()); }
+
+TEST_P(SchedTest, GoFromThreadRunsEveryFiberOnce) {
+  const int n = 20000 / kScale;
+  std::vector<std::atomic<int>> runs(n);
+  Latch done(n);
+  for (int i = 0; i < n; ++i) {
+    Go([&runs, &done, i] {
+      runs[i].fetch_add(1);
+      done.Done();
+    });
+  }
+  done.Wait();
+  for (int i = 0; i < n; ++i) ASSERT_EQ(runs[i].load(), 1) << i;
+}
+
+TEST_P(SchedTest, GoFromFibersBuildsATree) {
+  // Each fiber at depth < 12 spawns two children: 2^13 - 1 fibers.
+  constexpr int kDepth = 12;
+  std::atomic<int> count{0};
+  Latch done((1 << (kDepth + 1)) - 1);
+  struct Spawner {
+    static void Run(int depth, std::atomic<int>* count, Latch* done) {
+      count->fetch_add(1);
+      if (depth < kDepth) {
+        Go([=] { Run(depth + 1, count, done); });
+        Go([=] { Run(depth + 1, count, done); });
+      }
+      done->Done();
+    }
+  };
+  Go([&] { Spawner::Run(0, &count, &done); });
+  done.Wait();
+  EXPECT_EQ(count.load(), (1 << (kDepth + 1)) - 1);
+}
+
+TEST_P(SchedTest, CapturesAreDestroyedAfterTheFiberRuns) {
+  auto token = std::make_shared<int>(3);
+  std::weak_ptr<int> weak = token;
+  Latch done(1);
+  Go([t = std::move(token), &done] {
+    EXPECT_EQ(*t, 3);
+    done.Done();
+  });
+  done.Wait();
+  while (NumFibers() > 0) absl::SleepFor(absl::Milliseconds(1));
+  EXPECT_TRUE(weak.expired());
+}
+
+TEST_P(SchedTest, NumFibersCountsLiveFibers) {
+  Latch started(10), release(1), finished(10);
+  for (int i = 0; i < 10; ++i) {
+    Go([&] {
+      started.Done();
+      release.Wait();
+      finished.Done();
+    });
+  }
+  started.Wait();
+  EXPECT_EQ(NumFibers(), 10);
+  release.Done();
+  finished.Wait();
+}
+
+// With one P, two yielding fibers interleave: neither finishes before the
+// other has started.
+TEST_P(SchedTest, YieldLetsOthersRun) {
+  constexpr int kYields = 1000;
+  std::vector<int> log;
+  Lock mu;
+  Latch done(2);
+  // Started by a fiber, so that both exist before either runs.
+  Go([&] {
+    for (int id = 0; id < 2; ++id) {
+      Go([&, id] {
+        for (int i = 0; i < kYields; ++i) {
+          {
+            std::lock_guard<Lock> l(mu);
+            log.push_back(id);
+          }
+          Yield();
+        }
+        done.Done();
+      });
+    }
+  });
+  done.Wait();
+  ASSERT_EQ(log.size(), 2u * kYields);
+  // With more Ps they may run in parallel, in any order.
+  if (GetParam() != 1) return;
+  auto first_of = [&](int id) {
+    return std::find(log.begin(), log.end(), id) - log.begin();
+  };
+  auto last_of = [&](int id) {
+    return log.rend() - std::find(log.rbegin(), log.rend(), id) - 1;
+  };
+  EXPECT_LT(first_of(1), last_of(0));
+  EXPECT_LT(first_of(0), last_of(1));
+}
+
+// Two fibers that keep yielding to each other do not starve a third that
+// waits on a timer (the timer check every 61st tick, the runnext cap).
+TEST_P(SchedTest, BusyYieldersDoNotStarveATimer) {
+  std::atomic<bool> stop{false};
+  Latch done(3);
+  for (int i = 0; i < 2; ++i) {
+    Go([&] {
+      while (!stop.load(std::memory_order_relaxed)) Yield();
+      done.Done();
+    });
+  }
+  Go([&] {
+    gort::Sleep(absl::Milliseconds(1));
+    stop.store(true);
+    done.Done();
+  });
+  done.Wait();
+}
+
+TEST_P(SchedTest, SleepWaitsAtLeastTheDuration) {
+  Latch done(1);
+  Go([&] {
+    for (absl::Duration d : {absl::ZeroDuration(), absl::Microseconds(50),
+                             absl::Milliseconds(5), absl::Milliseconds(20)}) {
+      std::int64_t before = MonoNow();
+      gort::Sleep(d);
+      EXPECT_GE(MonoNow() - before, absl::ToInt64Nanoseconds(d));
+    }
+    std::int64_t before = MonoNow();
+    gort::SleepUntil(absl::Now() + absl::Milliseconds(10));
+    EXPECT_GE(MonoNow() - before, 9'000'000);
+    done.Done();
+  });
+  done.Wait();
+}
+
+TEST_P(SchedTest, ManySleepersAllWakeAfterTheirDeadline) {
+  const int n = 20000 / kScale;
+  Latch done(n);
+  std::atomic<int> early{0};
+  for (int i = 0; i < n; ++i) {
+    Go([&, i] {
+      absl::Duration d = absl::Microseconds(100 * (i % 50));
+      std::int64_t before = MonoNow();
+      gort::Sleep(d);
+      if (MonoNow() - before < absl::ToInt64Nanoseconds(d)) early.fetch_add(1);
+      done.Done();
+    });
+  }
+  done.Wait();
+  EXPECT_EQ(early.load(), 0);
+}
+
+TEST_P(SchedTest, SleepFromPlainThreadBlocksOnlyThatThread) {
+  std::atomic<int> progress{0};
+  Latch done(1);
+  Go([&] {
+    for (int i = 0; i < 100; ++i) {
+      progress.fetch_add(1);
+      Yield();
+    }
+    done.Done();
+  });
+  std::int64_t before = MonoNow();
+  gort::Sleep(absl::Milliseconds(5));  // this thread is not an M
+  EXPECT_GE(MonoNow() - before, 5'000'000);
+  done.Wait();
+  EXPECT_EQ(progress.load(), 100);
+}
+
+struct Sentinel {
+  bool* destroyed;
+  ~Sentinel() { *destroyed = true; }
+};
+
+TEST_P(SchedTest, ExitUnwindsTheFiber) {
+  bool destroyed = false;
+  bool after_exit = false;
+  Latch done(1);
+  Go([&] {
+    {
+      Sentinel s{&destroyed};
+      [&] { Exit(); }();
+      after_exit = true;
+    }
+  });
+  Go([&] {
+    while (NumFibers() > 1) Yield();
+    done.Done();
+  });
+  done.Wait();
+  EXPECT_TRUE(destroyed);
+  EXPECT_FALSE(after_exit);
+}
+
+// A fiber that sleeps and yields on several Ps may move between threads;
+// every runtime thread-local it reads must be the current thread's.
+TEST_P(SchedTest, MigratingFibersSeeTheirThreadsState) {
+  const int kFibers = 16;
+  const int kHops = 300 / kScale;
+  std::atomic<int> wrong{0};
+  std::atomic<int> migrations{0};
+  Latch done(kFibers);
+  for (int f = 0; f < kFibers; ++f) {
+    Go([&] {
+      Fiber* me = Fiber::Current();
+      long tid = Tid();
+      for (int i = 0; i < kHops; ++i) {
+        if (i % 3 == 0) {
+          gort::Sleep(absl::Microseconds(10));
+        } else {
+          Yield();
+        }
+        if (Fiber::Current() != me) wrong.fetch_add(1);
+        long now_tid = Tid();
+        if (now_tid != tid) migrations.fetch_add(1);
+        tid = now_tid;
+      }
+      done.Done();
+    });
+  }
+  done.Wait();
+  EXPECT_EQ(wrong.load(), 0);
+  // Even one P may move between threads (an idle M hands it over), so
+  // migrations are possible at any MaxProcs; nothing to assert about them.
+}
+
+TEST_P(SchedTest, LockOSThreadPinsTheFiberAndExcludesOthers) {
+  std::atomic<long> locked_tid{0};
+  std::atomic<bool> locked_done{false};
+  std::atomic<int> moved{0}, intruders{0};
+  Latch done(1 + 8);
+  Go([&] {
+    LockOSThread();
+    locked_tid = Tid();
+    for (int i = 0; i < 200 / kScale; ++i) {
+      if (i % 2) {
+        Yield();
+      } else {
+        gort::Sleep(absl::Microseconds(20));
+      }
+      if (Tid() != locked_tid) moved.fetch_add(1);
+    }
+    locked_done = true;
+    UnlockOSThread();
+    done.Done();
+  });
+  for (int f = 0; f < 8; ++f) {
+    Go([&] {
+      while (!locked_done.load()) {
+        if (Tid() == locked_tid.load() && !locked_done.load()) {
+          intruders.fetch_add(1);
+        }
+        Yield();
+      }
+      done.Done();
+    });
+  }
+  done.Wait();
+  EXPECT_EQ(moved.load(), 0);
+  EXPECT_EQ(intruders.load(), 0);
+}
+
+// Go's syscall hand-off: with one P, a fiber stuck in a blocking read does
+// not stop another fiber; the reader is unblocked only by that other fiber.
+TEST_P(SchedTest, BlockingCallHandsThePOff) {
+  int fds[2];
+  ASSERT_EQ(pipe(fds), 0);
+  Latch done(2);
+  std::atomic<int> progress{0};
+  ssize_t got = -1;
+  char byte = 0;
+  Go([&] {
+    got = Blocking([&] { return read(fds[0], &byte, 1); });
+    done.Done();
+  });
+  Go([&] {
+    // Runs only if the reader's P was handed to another thread.
+    for (int i = 0; i < 1000; ++i) {
+      progress.fetch_add(1);
+      Yield();
+    }
+    char b = 'x';
+    EXPECT_EQ(write(fds[1], &b, 1), 1);
+    done.Done();
+  });
+  done.Wait();
+  EXPECT_EQ(got, 1);
+  EXPECT_EQ(byte, 'x');
+  EXPECT_EQ(progress.load(), 1000);
+  if (GetParam() == 1) {
+    EXPECT_GE(GetSchedStats().handoffs, 1);
+  }
+  close(fds[0]);
+  close(fds[1]);
+}
+
+TEST_P(SchedTest, BlockingReturnsTheValueAndWorksOnThreads) {
+  EXPECT_EQ(Blocking([] { return 42; }), 42);  // plain thread: just calls
+  Latch done(1);
+  Go([&] {
+    for (int i = 0; i < 1000; ++i) {
+      EXPECT_EQ(Blocking([i] { return i * 2; }), i * 2);
+    }
+    done.Done();
+  });
+  done.Wait();
+}
+
+// Lost wake-up hunt: two fibers (and a thread) hand a token around through
+// the parking API many times; a lost wake-up hangs the test.
+TEST_P(SchedTest, ParkUnparkPingPongLosesNoWakeups) {
+  const int kRounds = 100000 / kScale;
+  struct Side {
+    Lock mu;
+    bool has_token = false;
+    ParkTicket waiter;
+  };
+  Side sides[3];
+  auto give = [&](int to) {
+    ParkTicket t;
+    {
+      std::lock_guard<Lock> l(sides[to].mu);
+      sides[to].has_token = true;
+      t = sides[to].waiter;
+      sides[to].waiter = {};
+    }
+    if (t) Unpark(t);
+  };
+  auto take = [&](int me) {
+    for (;;) {
+      sides[me].mu.lock();
+      if (sides[me].has_token) {
+        sides[me].has_token = false;
+        sides[me].mu.unlock();
+        return;
+      }
+      sides[me].waiter = Parker::Current()->Prepare();
+      Park(sides[me].waiter, WaitReason::kPark,
+           [](void* mu) {
+             static_cast<Lock*>(mu)->unlock();
+             return true;
+           },
+           &sides[me].mu);
+    }
+  };
+  Latch done(2);
+  for (int me = 0; me < 2; ++me) {
+    Go([&, me] {
+      for (int i = 0; i < kRounds; ++i) {
+        take(me);
+        give((me + 1) % 3);
+      }
+      done.Done();
+    });
+  }
+  std::thread thread_side([&] {
+    for (int i = 0; i < kRounds; ++i) {
+      take(2);
+      give(0);
+    }
+  });
+  give(0);
+  done.Wait();
+  thread_side.join();
+}
+
+TEST_P(SchedTest, ParkDeadlineAndUnparkRace) {
+  const int n = 2000 / kScale;
+  std::atomic<int> timed_out{0}, unparked{0};
+  Latch done(n);
+  for (int i = 0; i < n; ++i) {
+    auto ticket = std::make_shared<std::atomic<ParkTicket*>>(nullptr);
+    Go([&, i] {
+      ParkTicket t = Parker::Current()->Prepare();
+      // A racing waker, sometimes before the deadline, sometimes after.
+      Go([t, i] {
+        if (i % 2) gort::Sleep(absl::Microseconds(50));
+        Unpark(t);
+      });
+      ParkResult r = Park(t, WaitReason::kPark, nullptr, nullptr,
+                          MonoNow() + 20'000);
+      (r == ParkResult::kTimedOut ? timed_out : unparked).fetch_add(1);
+      done.Done();
+    });
+  }
+  done.Wait();
+  EXPECT_EQ(timed_out.load() + unparked.load(), n);
+}
+
+TEST_P(SchedTest, UnparkBeforeParkReturnsAtOnce) {
+  Latch done(1);
+  Go([&] {
+    ParkTicket t = Parker::Current()->Prepare();
+    EXPECT_TRUE(Unpark(t));
+    EXPECT_FALSE(Unpark(t));  // one winner per cycle
+    EXPECT_EQ(Park(t, WaitReason::kPark), ParkResult::kUnparked);
+    ParkTicket t2 = Parker::Current()->Prepare();
+    EXPECT_FALSE(Unpark(t));  // stale ticket
+    EXPECT_TRUE(Unpark(t2));
+    Park(t2, WaitReason::kPark);
+    done.Done();
+  });
+  done.Wait();
+}
+
+TEST_P(SchedTest, SetMaxProcsWhileRunning) {
+  const int n = 4000 / kScale;
+  Latch done(n);
+  std::atomic<int> ran{0};
+  for (int i = 0; i < n; ++i) {
+    Go([&, i] {
+      if (i % 7 == 0) gort::Sleep(absl::Microseconds(100));
+      for (int k = 0; k < 3; ++k) Yield();
+      ran.fetch_add(1);
+      done.Done();
+    });
+    if (i == n / 4) SetMaxProcs(GetParam() + 2);
+    if (i == n / 2) SetMaxProcs(1);
+    if (i == 3 * n / 4) SetMaxProcs(GetParam());
+  }
+  done.Wait();
+  EXPECT_EQ(ran.load(), n);
+  EXPECT_EQ(MaxProcs(), GetParam());
+}
+
+TEST_P(SchedTest, ForEachFiberListsParkedFibers) {
+  Latch started(3), release(1), finished(3);
+  for (int i = 0; i < 3; ++i) {
+    Go([&] {
+      started.Done();
+      release.Wait();
+      finished.Done();
+    });
+  }
+  started.Wait();
+  // Let them park.
+  int waiting = 0;
+  for (int tries = 0; tries < 10000 && waiting < 3; ++tries) {
+    waiting = 0;
+    ForEachFiber([&](const FiberInfo& info) {
+      if (info.state == FiberInfo::State::kWaiting &&
+          info.wait_reason == WaitReason::kWaitGroup) {
+        ++waiting;
+        EXPECT_NE(std::string(info.created_file).find("sched_test.cc"),
+                  std::string::npos);
+        EXPECT_GT(info.created_line, 0);
+      }
+    });
+    if (waiting < 3) absl::SleepFor(absl::Milliseconds(1));
+  }
+  EXPECT_EQ(waiting, 3);
+  release.Done();
+  finished.Wait();
+}
+
+TEST_P(SchedTest, LongRunningFiberIsReported) {
+  Latch done(1);
+  Go([&] {
+    // Spin without a scheduling point until the monitor notices (it checks
+    // every 10 ms at most); the bound only guards against a hang.
+    std::int64_t give_up = MonoNow() + 30'000'000'000;
+    while (GetSchedStats().long_running == 0 && MonoNow() < give_up) {
+    }
+    done.Done();
+  });
+  done.Wait();
+  EXPECT_GE(GetSchedStats().long_running, 1);
+}
+
+TEST(SchedLifecycleTest, LazyStartShutdownRestart) {
+  ASSERT_FALSE(Running());
+  Latch done(1);
+  Go([&] { done.Done(); });  // starts the runtime lazily
+  done.Wait();
+  EXPECT_TRUE(Running());
+  EXPECT_TRUE(Shutdown());
+  EXPECT_FALSE(Running());
+  for (int procs : {3, 1}) {
+    RuntimeOptions options;
+    options.max_procs = procs;
+    Start(options);
+    EXPECT_EQ(MaxProcs(), procs);
+    Latch d(100);
+    for (int i = 0; i < 100; ++i) Go([&] { d.Done(); });
+    d.Wait();
+    EXPECT_TRUE(Shutdown());
+  }
+}
+
+TEST(SchedLifecycleTest, ShutdownTimesOutWhileFibersLive) {
+  Start();
+  Latch release(1), finished(1);
+  Go([&] {
+    release.Wait();
+    finished.Done();
+  });
+  EXPECT_FALSE(Shutdown(absl::Milliseconds(20)));
+  EXPECT_TRUE(Running());
+  release.Done();
+  finished.Wait();
+  EXPECT_TRUE(Shutdown());
+}
+
+TEST(SchedLifecycleTest, RunMainRunsMainAsAFiber) {
+  int result = RunMain([] {
+    EXPECT_NE(Fiber::Current()->user_data(), nullptr);  // a G
+    Latch done(10);
+    for (int i = 0; i < 10; ++i) {
+      Go([&] {
+        gort::Sleep(absl::Milliseconds(1));
+        done.Done();
+      });
+    }
+    done.Wait();  // the main fiber parks like any fiber
+    return 7;
+  });
+  EXPECT_EQ(result, 7);
+  EXPECT_TRUE(Shutdown());
+}
+
+TEST(SchedLifecycleTest, SchedTracePrintsLines) {
+  ::testing::internal::CaptureStderr();
+  RuntimeOptions options;
+  options.max_procs = 2;
+  options.sched_trace_ms = 5;
+  Start(options);
+  Latch done(1);
+  Go([&] {
+    gort::Sleep(absl::Milliseconds(30));
+    done.Done();
+  });
+  done.Wait();
+  EXPECT_TRUE(Shutdown());
+  std::string err = ::testing::internal::GetCapturedStderr();
+  EXPECT_NE(err.find("SCHED "), std::string::npos) << err;
+  EXPECT_NE(err.find("procs=2"), std::string::npos) << err;
+}
+
+TEST(SchedDeathTest, UncaughtExceptionNamesTheFiber) {
+  EXPECT_DEATH(
+      {
+        Latch never(1);
+        Go([] { throw std::runtime_error("kaboom"); });
+        never.Wait();
+      },
+      "fatal: uncaught exception in fiber [0-9]+: .*kaboom");
+}
+
+TEST(SchedDeathTest, ExitOutsideAFiberIsFatal) {
+  EXPECT_DEATH(Exit(), "fatal: gort::Exit called outside a fiber");
+}
+
+}  // namespace
+}  // namespace gort

@@ -1,0 +1,444 @@
+// The stack pool: size classes, thread registry, shared pools and trimming.
+//
+// Invariants:
+// - Every carved slot is in exactly one of these states, and its owner is:
+//     live         the Stack object holding it (its user);
+//     thread cache ThreadState::caches[cls].tops[0, count) of one thread;
+//     resident     SharedPool::resident of its class (under mu);
+//     trimming     the local `victims` vector of one TrimAndStore() call;
+//     trimmed      SharedPool::trimmed of its class (under mu).
+//   Nothing else refers to it, so a stack is handed to at most one user.
+// - SharedPool::pooled == |resident| + |trimmed| + |trimming| and
+//   SharedPool::carved == the number of slots ever carved (both under mu), so
+//   live = carved - pooled - cached.
+// - A pooled slot (cache, resident, trimming, trimmed) has owner id 0 and,
+//   under ASan, a poisoned usable region. A never-carved slot has owner id 0,
+//   untouched memory and clean shadow.
+// - A trimmed slot has had its usable pages released with MADV_DONTNEED since
+//   it was last handed out; resident slots may still have pages in memory.
+// - resident is in free order (front = least recently freed), so trimming the
+//   front keeps the hottest stacks and taking the back reuses them LIFO.
+// - A ThreadState is in the registry iff its phase is kActive; its caches are
+//   empty in phases kNew and kExited. An active thread has an alternate
+//   signal stack (its own or ours), so any thread that can be handed a stack
+//   from its cache can also report an overflow on it.
+
+#include "stack/internal/pool.h"
+
+#include <pthread.h>
+#include <sys/mman.h>
+
+#include <algorithm>
+#include <cstring>
+#include <mutex>
+#include <vector>
+
+#include "stack/internal/overflow.h"
+#include "stack/internal/slab.h"
+#include "stack/internal/spinlock.h"
+
+namespace gort::stack_internal {
+
+constinit ClassInfo g_class_info[kMaxSizeClasses] = {};
+constinit thread_local ThreadState tls_thread_state;
+
+namespace {
+
+// The number of published classes. Store-release in CreateClassLocked();
+// load-acquire in ClassCount() and ClassForSize(), so entries below it are
+// fully written.
+std::atomic<std::uint32_t> g_class_count{0};
+// The page size, written before class 0 is published.
+std::size_t g_page_size_for_classes = 4096;
+
+struct SharedPool {
+  SpinLock mu;
+  std::vector<std::uintptr_t> resident;  // guarded by mu; back = newest
+  std::vector<std::uintptr_t> trimmed;   // guarded by mu
+  std::uintptr_t carve_slab = 0;         // guarded by mu
+  std::size_t carve_next = 0;            // guarded by mu
+  std::size_t carved = 0;                // guarded by mu
+  std::size_t pooled = 0;                // guarded by mu
+};
+
+void OnThreadExit(void* arg);
+
+// Leaked singleton: stacks freed by static destructors or by threads that
+// outlive main() still find a working pool.
+class Pool {
+ public:
+  static Pool& Get() {
+    static Pool* const pool = new Pool();
+    return *pool;
+  }
+
+  std::uint32_t ClassCount() const {
+    // Load-acquire, pairs with the store-release in CreateClassLocked().
+    return g_class_count.load(std::memory_order_acquire);
+  }
+
+  std::uint32_t FindOrCreateClass(std::size_t usable) {
+    const std::uint32_t n = ClassCount();
+    for (std::uint32_t i = 0; i < n; ++i) {
+      if (g_class_info[i].usable == usable) return i;
+    }
+    std::lock_guard<std::mutex> lock(class_mu_);
+    const std::uint32_t m = g_class_count.load(std::memory_order_relaxed);
+    for (std::uint32_t i = n; i < m; ++i) {
+      if (g_class_info[i].usable == usable) return i;
+    }
+    return CreateClassLocked(usable);
+  }
+
+  SharedPool& shared(std::uint32_t cls) { return shared_[cls]; }
+
+  void Register(ThreadState& ts) {
+    {
+      std::lock_guard<std::mutex> lock(registry_mu_);
+      ts.prev = nullptr;
+      ts.next = registry_;
+      if (registry_ != nullptr) registry_->prev = &ts;
+      registry_ = &ts;
+    }
+    pthread_setspecific(key_, &ts);
+    ts.limit = kThreadCacheCapacity;
+    ts.phase = ThreadPhase::kActive;
+  }
+
+  void Unregister(ThreadState& ts) {
+    std::lock_guard<std::mutex> lock(registry_mu_);
+    if (ts.prev != nullptr) {
+      ts.prev->next = ts.next;
+    } else {
+      registry_ = ts.next;
+    }
+    if (ts.next != nullptr) ts.next->prev = ts.prev;
+    ts.prev = ts.next = nullptr;
+  }
+
+  std::size_t CountThreadCached() {
+    std::lock_guard<std::mutex> lock(registry_mu_);
+    std::size_t n = 0;
+    for (ThreadState* ts = registry_; ts != nullptr; ts = ts->next) {
+      for (const ClassCache& c : ts->caches) {
+        n += c.count.load(std::memory_order_relaxed);
+      }
+    }
+    return n;
+  }
+
+  // Moves `n` pooled stacks of class `cls` into its shared pool; trims the
+  // oldest if the pool is now past its high-water mark.
+  void PutBatch(std::uint32_t cls, const std::uintptr_t* tops, std::size_t n) {
+    SharedPool& sp = shared_[cls];
+    const std::size_t limit = limit_.load(std::memory_order_relaxed);
+    std::vector<std::uintptr_t> victims;
+    {
+      std::lock_guard<SpinLock> lock(sp.mu);
+      sp.resident.insert(sp.resident.end(), tops, tops + n);
+      sp.pooled += n;
+      if (sp.resident.size() > limit + TrimSlack(limit)) {
+        TakeOldestLocked(sp, sp.resident.size() - limit, &victims);
+      }
+    }
+    if (!victims.empty()) TrimAndStore(cls, &victims);
+  }
+
+  // Takes up to `max` pooled stacks: out[0, got) with the most recently freed
+  // resident stack last (so a cache pops it first), trimmed ones below.
+  std::uint32_t TakeBatch(std::uint32_t cls, std::uintptr_t* out,
+                          std::uint32_t max) {
+    SharedPool& sp = shared_[cls];
+    std::lock_guard<SpinLock> lock(sp.mu);
+    const std::size_t from_resident =
+        std::min<std::size_t>(max, sp.resident.size());
+    const std::size_t from_trimmed =
+        std::min<std::size_t>(max - from_resident, sp.trimmed.size());
+    std::copy(sp.trimmed.end() - from_trimmed, sp.trimmed.end(), out);
+    sp.trimmed.resize(sp.trimmed.size() - from_trimmed);
+    std::copy(sp.resident.end() - from_resident, sp.resident.end(),
+              out + from_trimmed);
+    sp.resident.resize(sp.resident.size() - from_resident);
+    const std::size_t got = from_resident + from_trimmed;
+    sp.pooled -= got;
+    return static_cast<std::uint32_t>(got);
+  }
+
+  // A never-used slot: reserves a slab if needed, installs the slot's guard.
+  std::uintptr_t Carve(std::uint32_t cls) {
+    const ClassInfo& ci = g_class_info[cls];
+    SharedPool& sp = shared_[cls];
+    std::uintptr_t slot;
+    {
+      std::lock_guard<SpinLock> lock(sp.mu);
+      if (sp.carve_slab == 0 || sp.carve_next == ci.slots) {
+        sp.carve_slab = ReserveSlab(cls);
+        sp.carve_next = 0;
+      }
+      slot = sp.carve_slab + ci.header + sp.carve_next * ci.stride;
+      ++sp.carve_next;
+      ++sp.carved;
+    }
+    InstallGuard(slot, ci.guard);  // outside the lock: a syscall
+    return slot + ci.stride;
+  }
+
+  // Releases the pages of the oldest resident stacks of every class until at
+  // most `keep` remain.
+  void TrimAllTo(std::size_t keep) {
+    const std::uint32_t n = ClassCount();
+    for (std::uint32_t cls = 0; cls < n; ++cls) {
+      SharedPool& sp = shared_[cls];
+      std::vector<std::uintptr_t> victims;
+      {
+        std::lock_guard<SpinLock> lock(sp.mu);
+        if (sp.resident.size() > keep) {
+          TakeOldestLocked(sp, sp.resident.size() - keep, &victims);
+        }
+      }
+      if (!victims.empty()) TrimAndStore(cls, &victims);
+    }
+  }
+
+  void SetLimit(std::size_t stacks) {
+    limit_.store(stacks, std::memory_order_relaxed);
+  }
+  std::size_t limit() const { return limit_.load(std::memory_order_relaxed); }
+
+  std::size_t trim_calls() const {
+    return trim_calls_.load(std::memory_order_relaxed);
+  }
+  std::size_t trimmed_stacks() const {
+    return trimmed_stacks_.load(std::memory_order_relaxed);
+  }
+
+ private:
+  Pool() {
+    InitGuards();
+    g_page_size_for_classes = PageSize();
+    CreateClassLocked(kDefaultSize);  // class 0; no other thread can see us
+    if (pthread_key_create(&key_, OnThreadExit) != 0) {
+      StackFatal("pthread_key_create failed");
+    }
+    InstallOverflowHandler();
+  }
+
+  std::uint32_t CreateClassLocked(std::size_t usable) {
+    const std::uint32_t n = g_class_count.load(std::memory_order_relaxed);
+    if (n == kMaxSizeClasses) {
+      StackFatal("too many distinct fiber stack sizes (%u): cannot add %zu",
+                 kMaxSizeClasses, usable);
+    }
+    const std::size_t page = PageSize();
+    ClassInfo& ci = g_class_info[n];
+    ci.usable = usable;
+    ci.guard = GuardBytes();
+    ci.stride = ci.guard + usable;
+    const std::size_t upper = kSlabBytes / ci.stride;
+    ci.header = (upper * sizeof(std::uint64_t) + page - 1) / page * page;
+    ci.slots = (kSlabBytes - ci.header) / ci.stride;
+    ci.stride_shift = static_cast<unsigned>(__builtin_ctzll(ci.stride));
+    const std::uint64_t odd = ci.stride >> ci.stride_shift;
+    std::uint64_t inverse = odd;  // correct to 3 bits; Newton doubles it
+    for (int i = 0; i < 5; ++i) inverse *= 2 - odd * inverse;
+    ci.stride_odd_inverse = inverse;
+    shared_[n].resident.reserve(64);
+    // Store-release, pairs with the load-acquire in ClassCount() and
+    // ClassForSize().
+    g_class_count.store(n + 1, std::memory_order_release);
+    return n;
+  }
+
+  static void TakeOldestLocked(SharedPool& sp, std::size_t k,
+                               std::vector<std::uintptr_t>* victims) {
+    victims->assign(sp.resident.begin(), sp.resident.begin() + k);
+    sp.resident.erase(sp.resident.begin(), sp.resident.begin() + k);
+  }
+
+  // Releases the usable pages of `victims` (one madvise per run of adjacent
+  // slots; a run's inner guards are included, which MADV_DONTNEED leaves
+  // intact), then files them as trimmed. Runs without the class lock.
+  void TrimAndStore(std::uint32_t cls, std::vector<std::uintptr_t>* victims) {
+    const ClassInfo& ci = g_class_info[cls];
+    std::vector<std::uintptr_t>& v = *victims;
+    std::sort(v.begin(), v.end());
+    std::size_t calls = 0;
+    for (std::size_t i = 0; i < v.size();) {
+      const std::uintptr_t lo = v[i] - ci.usable;
+      std::uintptr_t hi = v[i];
+      std::size_t j = i + 1;
+      // Slots never straddle slabs: a slab's header breaks every run.
+      while (j < v.size() && v[j] == hi + ci.stride) hi = v[j++];
+      madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_DONTNEED);
+      ++calls;
+      i = j;
+    }
+    trim_calls_.fetch_add(calls, std::memory_order_relaxed);
+    trimmed_stacks_.fetch_add(v.size(), std::memory_order_relaxed);
+    SharedPool& sp = shared_[cls];
+    std::lock_guard<SpinLock> lock(sp.mu);
+    // Highest address last: refills hand out low addresses last, which
+    // keeps no particular order but costs nothing.
+    sp.trimmed.insert(sp.trimmed.end(), v.begin(), v.end());
+  }
+
+  SharedPool shared_[kMaxSizeClasses];
+  std::mutex class_mu_;  // serializes class creation
+  pthread_key_t key_;
+  std::mutex registry_mu_;
+  ThreadState* registry_ = nullptr;  // guarded by registry_mu_
+  std::atomic<std::size_t> limit_{kDefaultPoolLimit};
+  std::atomic<std::size_t> trim_calls_{0};
+  std::atomic<std::size_t> trimmed_stacks_{0};
+};
+
+void FlushCaches(Pool& pool, ThreadState& ts) {
+  for (std::uint32_t cls = 0; cls < kCachedClasses; ++cls) {
+    ClassCache& cache = ts.caches[cls];
+    const std::uint32_t n = cache.count.load(std::memory_order_relaxed);
+    if (n == 0) continue;
+    pool.PutBatch(cls, cache.tops, n);
+    cache.count.store(0, std::memory_order_relaxed);
+  }
+}
+
+// pthread key destructor: runs on the exiting thread after its C++
+// thread_local destructors, so stacks they freed are flushed too. A stack
+// freed later still works: phase kExited sends it to the shared pool.
+void OnThreadExit(void* arg) {
+  ThreadState& ts = *static_cast<ThreadState*>(arg);
+  Pool& pool = Pool::Get();
+  FlushCaches(pool, ts);
+  ts.limit = 0;
+  ts.phase = ThreadPhase::kExited;
+  pool.Unregister(ts);
+  if (ts.own_altstack != nullptr) {
+    ReleaseAltStack(ts.own_altstack, ts.own_altstack_size);
+    ts.own_altstack = nullptr;
+  }
+}
+
+}  // namespace
+
+std::uint32_t ClassForSize(std::size_t size) {
+  // Fast path: an existing class, without touching the pool's guard.
+  // Load-acquire, pairs with the store-release in CreateClassLocked().
+  const std::uint32_t n = g_class_count.load(std::memory_order_acquire);
+  if (n != 0 && size <= kMaxSize) {
+    const std::size_t page = g_page_size_for_classes;
+    const std::size_t rounded = (size + page - 1) & ~(page - 1);
+    for (std::uint32_t i = 0; i < n; ++i) {
+      if (g_class_info[i].usable == rounded) return i;  // never for 0
+    }
+  }
+  Pool& pool = Pool::Get();
+  if (size == 0) size = kDefaultSize;
+  if (size > kMaxSize) {
+    StackFatal("fiber stack size %zu exceeds the maximum %zu", size, kMaxSize);
+  }
+  const std::size_t page = PageSize();
+  return pool.FindOrCreateClass((size + page - 1) & ~(page - 1));
+}
+
+void PrepareThread(ThreadState& ts) {
+  Pool& pool = Pool::Get();
+  if (ts.phase == ThreadPhase::kNew) pool.Register(ts);
+  if (!ts.altstack_ready && ts.phase == ThreadPhase::kActive) {
+    ts.own_altstack = InstallAltStackIfMissing(&ts.own_altstack_size);
+    ts.altstack_ready = true;
+  }
+}
+
+std::uintptr_t AllocateSlow(ThreadState& ts, std::uint32_t cls) {
+  Pool& pool = Pool::Get();
+  if (!ts.altstack_ready) PrepareThread(ts);
+  std::uintptr_t top;
+  if (cls < kCachedClasses && ts.phase == ThreadPhase::kActive) {
+    // The fast path found this cache empty.
+    ClassCache& cache = ts.caches[cls];
+    const std::uint32_t got =
+        pool.TakeBatch(cls, cache.tops, kThreadCacheBatch);
+    if (got != 0) {
+      top = cache.tops[got - 1];
+      cache.count.store(got - 1, std::memory_order_relaxed);
+      UnpoisonStack(top, cls);
+      return top;
+    }
+  } else if (pool.TakeBatch(cls, &top, 1) == 1) {
+    UnpoisonStack(top, cls);
+    return top;
+  }
+  return pool.Carve(cls);
+}
+
+void FreeSlow(ThreadState& ts, std::uintptr_t top, std::uint32_t cls) {
+  Pool& pool = Pool::Get();
+  if (cls < kCachedClasses) {
+    // A thread with a cache gets an alternate signal stack too: a later
+    // Allocate() may be served from the cache without reaching the slow path.
+    if (ts.phase == ThreadPhase::kNew) PrepareThread(ts);
+    if (ts.phase == ThreadPhase::kActive) {
+      // The fast path found this cache full.
+      ClassCache& cache = ts.caches[cls];
+      std::uint32_t n = cache.count.load(std::memory_order_relaxed);
+      if (n >= kThreadCacheCapacity) {
+        pool.PutBatch(cls, cache.tops, kThreadCacheBatch);
+        std::memmove(cache.tops, cache.tops + kThreadCacheBatch,
+                     (n - kThreadCacheBatch) * sizeof(cache.tops[0]));
+        n -= kThreadCacheBatch;
+      }
+      cache.tops[n] = top;
+      cache.count.store(n + 1, std::memory_order_relaxed);
+      return;
+    }
+  }
+  pool.PutBatch(cls, &top, 1);
+}
+
+void ReleaseAll(ThreadState& ts) {
+  Pool& pool = Pool::Get();
+  FlushCaches(pool, ts);
+  pool.TrimAllTo(0);
+}
+
+void SetPoolLimit(std::size_t stacks) {
+  Pool& pool = Pool::Get();
+  pool.SetLimit(stacks);
+  pool.TrimAllTo(stacks);
+}
+
+std::size_t GetPoolLimit() { return Pool::Get().limit(); }
+
+PoolStats GetPoolStats(bool measure_resident) {
+  Pool& pool = Pool::Get();
+  PoolStats s;
+  const std::uint32_t classes = pool.ClassCount();
+  std::size_t shared_pooled = 0;
+  for (std::uint32_t cls = 0; cls < classes; ++cls) {
+    SharedPool& sp = pool.shared(cls);
+    std::lock_guard<SpinLock> lock(sp.mu);
+    shared_pooled += sp.pooled;
+    s.pooled_resident += sp.resident.size();
+    s.carved += sp.carved;
+  }
+  s.thread_cached = pool.CountThreadCached();
+  s.pooled = shared_pooled + s.thread_cached;
+  s.pooled_resident += s.thread_cached;
+  s.live = s.carved > s.pooled ? s.carved - s.pooled : 0;
+  const SlabCounters slabs = GetSlabCounters();
+  s.slabs = slabs.slabs;
+  s.reserved_bytes = slabs.slabs * kSlabBytes;
+  s.size_classes = classes;
+  s.unguarded = slabs.unguarded;
+  s.mprotect_guarded = slabs.mprotect_guarded;
+  s.guard_budget = slabs.guard_budget;
+  s.guard_bytes = GuardBytes();
+  s.lightweight_guards = slabs.lightweight;
+  s.trim_calls = pool.trim_calls();
+  s.trimmed_stacks = pool.trimmed_stacks();
+  s.pool_limit = pool.limit();
+  if (measure_resident) MeasureResidentBytes(&s.resident_bytes);
+  return s;
+}
+
+}  // namespace gort::stack_internal

@@ -1,0 +1,82 @@
+// WARNING: internal to //stack. Do not include it outside //stack; it may
+// change without notice.
+//
+// The geometry of each stack size class, read on the hot path by the inline
+// accessors of gort::Stack (stack.h) and by the overflow signal handler.
+//
+// Threading: entry i of g_class_info is written once, by the thread that
+// creates class i while holding the class-registry lock, before the release
+// store that publishes the new class count (pool.cc). It is never written
+// again. A thread may read entry i once it holds a Stack of class i (the
+// allocation that produced the Stack happens after the publication) or after
+// an acquire load of the class count (ClassForSize()). The signal handler
+// reads it only for slabs published after the class (slab.cc).
+
+#ifndef GORT_STACK_INTERNAL_SIZE_CLASS_H_
+#define GORT_STACK_INTERNAL_SIZE_CLASS_H_
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+
+namespace gort::stack_internal {
+
+// Every slab is one mmap reservation of exactly kSlabBytes, aligned to
+// kSlabBytes, so the slab holding an address is `address & ~(kSlabBytes-1)`.
+inline constexpr std::size_t kSlabBytes = std::size_t{1} << 30;
+
+// At most this many distinct stack sizes. The class index is stored in the
+// low bits of a Stack's top pointer (which is page aligned), so it must stay
+// below the smallest page size.
+inline constexpr std::uint32_t kMaxSizeClasses = 64;
+inline constexpr std::uintptr_t kClassMask = kMaxSizeClasses - 1;
+static_assert((kMaxSizeClasses & (kMaxSizeClasses - 1)) == 0);
+static_assert(kMaxSizeClasses <= 4096);
+
+// Class 0 is always the default size; stack.h's kDefaultStackSize,
+// kMaxStackSize and kStackGuardSize restate these values for users.
+inline constexpr std::uint32_t kDefaultClass = 0;
+inline constexpr std::size_t kDefaultSize = 256 * 1024;
+inline constexpr std::size_t kMaxSize = 256 * 1024 * 1024;
+inline constexpr std::size_t kMinGuardSize = 64 * 1024;
+
+// Layout of one slab of class c (all offsets page aligned):
+//
+//   base                                        base + kSlabBytes
+//   | header | guard | stack 0 | guard | stack 1 | ... | unused |
+//   |<------>|<---------------->|<---------------->|
+//    header       stride             stride
+//
+// header: the owner-id array, one std::atomic<uint64_t> per slot.
+// Slot i spans [base + header + i*stride, base + header + (i+1)*stride);
+// its guard is the lowest `guard` bytes, its usable stack the rest, and its
+// top (one past the highest usable byte) is the slot's end.
+struct ClassInfo {
+  std::size_t usable;     // usable bytes per stack, a multiple of the page
+  std::size_t guard;      // guard bytes below each stack
+  std::size_t stride;     // guard + usable
+  std::size_t header;     // bytes of owner ids at the slab start
+  std::size_t slots;      // stacks per slab
+  unsigned stride_shift;  // stride == stride_odd << stride_shift
+  std::uint64_t stride_odd_inverse;  // stride_odd * inverse == 1 (mod 2^64)
+};
+
+extern ClassInfo g_class_info[kMaxSizeClasses];
+
+// The owner-id cell of the slot whose top is `top`. The slot index is an
+// exact division of (top - first slot start) by the stride; dividing an
+// exact multiple by an odd number is a multiplication by its inverse mod 2^64,
+// so this costs a shift and a multiply instead of a 20-40 cycle divide.
+inline std::atomic<std::uint64_t>* OwnerCell(std::uintptr_t top,
+                                             std::uint32_t cls) {
+  const ClassInfo& ci = g_class_info[cls];
+  const std::uintptr_t slab = (top - 1) & ~(std::uintptr_t{kSlabBytes} - 1);
+  const std::uint64_t multiple =
+      (top - slab - ci.header) >> ci.stride_shift;  // (index + 1) * odd
+  const std::uint64_t index = multiple * ci.stride_odd_inverse - 1;
+  return reinterpret_cast<std::atomic<std::uint64_t>*>(slab) + index;
+}
+
+}  // namespace gort::stack_internal
+
+#endif  // GORT_STACK_INTERNAL_SIZE_CLASS_H_

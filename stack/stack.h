@@ -1,0 +1,208 @@
+// gort/stack: fiber stacks — reserved lazily, guarded, pooled and trimmed.
+//
+// A Stack owns one region of memory to run a fiber on. Physical memory is
+// committed only as the fiber touches it (a fiber that uses 3 KiB of a
+// 256 KiB stack costs one or two pages of RSS), and an overflow into the guard
+// below the stack kills the process with a clear message instead of silently
+// corrupting a neighbour:
+//
+//   fatal: fiber stack overflow: fiber 42, stack [0x7f1c40010000,
+//   0x7f1c40050000) (262144 bytes), fault at 0x7f1c4000fff8
+//
+// Example:
+//
+//   gort::Stack stack = gort::Stack::Allocate();   // kDefaultStackSize
+//   stack.SetOwnerId(fiber_id);                   // for overflow reports
+//   SwitchTo(stack.top(), ...);                   // run something on it
+//   ...
+//   stack.Release();                              // or let it go out of scope
+//
+// Design (docs/stack.md has the whole story and the measurements):
+// - Stacks are slots carved out of 1 GiB slabs: one mmap(MAP_NORESERVE) per
+//   slab for thousands of stacks, so a million stacks use a few hundred
+//   mappings, far below vm.max_map_count (65530 by default).
+// - Each slot has a guard (kStackGuardSize, default 64 KiB) below its stack.
+//   On Linux >= 6.13 the guard is madvise(MADV_GUARD_INSTALL): a page-table
+//   marker that costs no memory and no mapping. On older kernels it is
+//   mprotect(PROT_NONE), which splits the slab's mapping (about two mappings
+//   per stack); those are limited to a quarter of vm.max_map_count stacks
+//   (half of the mappings), and stacks beyond that are handed out WITHOUT a
+//   guard: counted in StackStats::unguarded, with one warning line on stderr.
+//   That trade-off keeps a million-fiber program running on an old kernel
+//   rather than failing at the 16,000th fiber. A frame larger than the guard
+//   can still jump over it into the stack below; keep huge arrays off fiber
+//   stacks.
+// - Freed stacks go to a per-thread cache (32 per size class, no locks, no
+//   syscalls), then to a shared pool per size class. Stacks are reused LIFO,
+//   so the next fiber gets the stack whose top pages are still in memory. The
+//   shared pool keeps up to SetStackPoolLimit() stacks (default 1024) per
+//   size class resident; past that it gives the pages of the least recently
+//   freed stacks back to the kernel with MADV_DONTNEED, one call per run of
+//   adjacent stacks, so RSS shrinks after a burst.
+//
+// Threading: Stack is a move-only value; a Stack object may be used by one
+// thread at a time, and may be moved to (and freed on) any other thread.
+// Allocate(), Release() and the free functions below may be called from any
+// thread concurrently. Releasing a stack happens-before any later Allocate()
+// that returns the same memory, on any thread: writes made on the stack by its
+// previous user never race with its next user.
+//
+// Signals: the first Allocate() in the process installs a SIGSEGV handler
+// (chained to the previous one for faults outside guards). Every thread that
+// runs code on these stacks needs an alternate signal stack for the handler to
+// run on; Allocate() and PrepareThreadForStacks() give the calling thread one.
+//
+// Sanitizers: under ASan a stack's memory is poisoned while it is pooled.
+
+#ifndef GORT_STACK_STACK_H_
+#define GORT_STACK_STACK_H_
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <utility>
+
+#include "stack/internal/size_class.h"
+
+namespace gort {
+
+// The usable size of a stack when none is given.
+inline constexpr std::size_t kDefaultStackSize = 256 * 1024;
+// The largest size Stack::Allocate accepts.
+inline constexpr std::size_t kMaxStackSize = 256 * 1024 * 1024;
+// The guard below every stack (rounded up to the page size).
+inline constexpr std::size_t kStackGuardSize = 64 * 1024;
+
+static_assert(kDefaultStackSize == stack_internal::kDefaultSize);
+static_assert(kMaxStackSize == stack_internal::kMaxSize);
+static_assert(kStackGuardSize == stack_internal::kMinGuardSize);
+
+struct StackStats {
+  std::size_t live = 0;    // stacks handed out and not yet released
+  std::size_t pooled = 0;  // stacks in thread caches and shared pools
+  // Pooled stacks whose pages have not been given back (they may hold RSS).
+  std::size_t pooled_resident = 0;
+  std::size_t thread_cached = 0;   // of `pooled`, in thread caches
+  std::size_t reserved_bytes = 0;  // address space reserved by slabs
+  // Bytes of slab memory in RAM (stacks and their owner-id tables), measured
+  // with mincore(2); 0 if GetStackStats(false) skipped the measurement.
+  std::size_t resident_bytes_estimate = 0;
+  std::size_t slabs = 0;         // slab mappings (one mmap each)
+  std::size_t size_classes = 0;  // distinct stack sizes in use
+  // Stacks carved without a guard (fallback mode past the mapping budget).
+  std::size_t unguarded = 0;
+  std::size_t mprotect_guarded = 0;  // stacks guarded by mprotect (fallback)
+  std::size_t guard_budget = 0;      // mprotect guards allowed (fallback)
+  std::size_t guard_bytes = 0;       // guard size below each stack
+  std::size_t trim_calls = 0;        // madvise(MADV_DONTNEED) calls so far
+  std::size_t trimmed_stacks = 0;    // stacks whose pages were given back
+  std::size_t pool_limit = 0;        // high-water mark per size class
+  // True: guards are MADV_GUARD_INSTALL markers (no mappings, no limit).
+  // False: the mprotect fallback (older kernels).
+  bool lightweight_guards = false;
+};
+
+// A move-only owner of one stack. Its destructor returns the stack to the pool.
+//
+// The object is one word (the top pointer with the size class in its low
+// bits), so it may be stored inside the stack it owns: Release() and the
+// destructor read it once and never touch it after returning the stack.
+// Do not release a stack while running on it.
+class Stack {
+ public:
+  // An empty Stack.
+  Stack() = default;
+
+  // A stack of at least `size` usable bytes (rounded up to the page size;
+  // 0 means kDefaultStackSize). Fatal, with a message on stderr, if memory
+  // or address space is exhausted or size > kMaxStackSize. The usable region
+  // reads as zeros the first time a slot is used; a reused stack holds
+  // whatever its previous user left (or zeros, if it was trimmed).
+  static Stack Allocate(std::size_t size = kDefaultStackSize);
+
+  Stack(Stack&& other) noexcept : bits_(std::exchange(other.bits_, 0)) {}
+  Stack& operator=(Stack&& other) noexcept {
+    if (this != &other) {
+      const std::uintptr_t old = bits_;
+      bits_ = std::exchange(other.bits_, 0);
+      if (old != 0) Free(old);
+    }
+    return *this;
+  }
+  Stack(const Stack&) = delete;
+  Stack& operator=(const Stack&) = delete;
+  ~Stack() {
+    if (bits_ != 0) Free(bits_);
+  }
+
+  // Returns the stack to the pool now; *this becomes empty.
+  void Release() {
+    const std::uintptr_t bits = std::exchange(bits_, 0);
+    if (bits != 0) Free(bits);
+  }
+
+  // The lowest usable byte (just above the guard). Page aligned.
+  void* base() const {
+    return bits_ == 0 ? nullptr
+                      : reinterpret_cast<void*>(top_address() - size());
+  }
+  // One past the highest usable byte. Page aligned (so 16-byte aligned).
+  void* top() const { return reinterpret_cast<void*>(top_address()); }
+  // Usable bytes: the requested size rounded up to the page size.
+  std::size_t size() const {
+    return bits_ == 0 ? 0 : stack_internal::g_class_info[cls()].usable;
+  }
+  explicit operator bool() const { return bits_ != 0; }
+
+  // Records who runs on this stack (the fiber id); the overflow report prints
+  // it. Kept in the slab's metadata, not in the stack. Reset to 0 when the
+  // stack is released. Requires a non-empty Stack.
+  void SetOwnerId(std::uint64_t id) {
+    stack_internal::OwnerCell(top_address(), cls())
+        ->store(id, std::memory_order_relaxed);
+  }
+  std::uint64_t owner_id() const {
+    return stack_internal::OwnerCell(top_address(), cls())
+        ->load(std::memory_order_relaxed);
+  }
+
+ private:
+  explicit Stack(std::uintptr_t bits) : bits_(bits) {}
+  std::uintptr_t top_address() const {
+    return bits_ & ~stack_internal::kClassMask;
+  }
+  std::uint32_t cls() const {
+    return static_cast<std::uint32_t>(bits_ & stack_internal::kClassMask);
+  }
+  static void Free(std::uintptr_t bits);
+
+  std::uintptr_t bits_ = 0;  // top | size class; 0 when empty
+};
+
+// Pool and memory statistics. Exact when no thread is allocating or freeing
+// concurrently; a snapshot otherwise. With measure_resident (the default) it
+// runs mincore(2) over every slab: about 0.2 ms per GiB reserved (~60 ms with
+// a million default stacks); pass false for the counters only.
+StackStats GetStackStats(bool measure_resident = true);
+
+// Gives the pages of every stack in the shared pools back to the kernel,
+// after moving the calling thread's cached stacks there. Other threads'
+// caches (at most 32 stacks per size class each) are left alone.
+void ReleaseStackCache();
+
+// Sets the high-water mark: each size class's shared pool keeps at most
+// `stacks` freed stacks resident (plus a slack of max(stacks/2, 16) before it
+// trims). Takes effect immediately. Default 1024.
+void SetStackPoolLimit(std::size_t stacks);
+std::size_t GetStackPoolLimit();
+
+// Makes the calling thread ready to run code on these stacks: installs the
+// overflow handler (once per process) and an alternate signal stack for this
+// thread if it has none (kept if it has one, e.g. ASan's; ours is unmapped at
+// thread exit). Idempotent and cheap after the first call on a thread. The
+// fiber layer calls it before its first switch on each thread.
+void PrepareThreadForStacks();
+
+}  // namespace gort
+
+#endif  // GORT_STACK_STACK_H_

@@ -1,0 +1,489 @@
+#include "stack/stack.h"
+
+#include <signal.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <cstring>
+#include <mutex>
+#include <new>
+#include <random>
+#include <thread>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include "gtest/gtest.h"
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#endif
+#include "stack/internal/overflow.h"
+#include "stack/internal/pool.h"
+#include "stack/internal/test_util.h"
+
+namespace gort {
+namespace {
+
+using stack_internal::KernelHasGuardMarkers;
+using stack_internal::MappingCount;
+using stack_internal::MaxMapCount;
+using stack_internal::ProcessRssBytes;
+using stack_internal::ResidentPages;
+
+std::size_t Page() { return static_cast<std::size_t>(sysconf(_SC_PAGESIZE)); }
+
+std::uintptr_t Addr(const void* p) {
+  return reinterpret_cast<std::uintptr_t>(p);
+}
+
+// Sets the pool limit for one test and restores the default afterwards.
+class ScopedPoolLimit {
+ public:
+  explicit ScopedPoolLimit(std::size_t limit) : old_(GetStackPoolLimit()) {
+    SetStackPoolLimit(limit);
+  }
+  ~ScopedPoolLimit() { SetStackPoolLimit(old_); }
+
+ private:
+  std::size_t old_;
+};
+
+TEST(StackTest, EmptyStack) {
+  Stack s;
+  EXPECT_FALSE(s);
+  EXPECT_EQ(s.top(), nullptr);
+  EXPECT_EQ(s.base(), nullptr);
+  EXPECT_EQ(s.size(), 0u);
+  s.Release();  // no-op
+  EXPECT_FALSE(s);
+  static_assert(sizeof(Stack) == sizeof(void*));
+}
+
+TEST(StackTest, DefaultStackIsAlignedAndWholeRegionIsWritable) {
+  Stack s = Stack::Allocate();
+  ASSERT_TRUE(s);
+  EXPECT_EQ(s.size(), kDefaultStackSize);
+  EXPECT_EQ(Addr(s.top()) % 16, 0u);
+  EXPECT_EQ(Addr(s.top()) % Page(), 0u);
+  EXPECT_EQ(Addr(s.base()) + s.size(), Addr(s.top()));
+  std::memset(s.base(), 0xab, s.size());
+  const unsigned char* p = static_cast<const unsigned char*>(s.base());
+  EXPECT_EQ(p[0], 0xab);
+  EXPECT_EQ(p[s.size() - 1], 0xab);
+}
+
+TEST(StackTest, MoveTransfersOwnership) {
+  Stack a = Stack::Allocate();
+  void* top = a.top();
+  Stack b(std::move(a));
+  EXPECT_FALSE(a);  // NOLINT(bugprone-use-after-move)
+  EXPECT_EQ(b.top(), top);
+  Stack c;
+  c = std::move(b);
+  EXPECT_FALSE(b);  // NOLINT(bugprone-use-after-move)
+  EXPECT_EQ(c.top(), top);
+  // Assigning over a non-empty stack releases the old one.
+  const std::size_t live = GetStackStats(false).live;
+  c = Stack::Allocate();
+  EXPECT_EQ(GetStackStats(false).live, live);
+  c = Stack();
+  EXPECT_EQ(GetStackStats(false).live, live - 1);
+}
+
+TEST(StackTest, ReleasedStackIsReusedLifo) {
+  Stack a = Stack::Allocate();
+  Stack b = Stack::Allocate();
+  void* top_a = a.top();
+  void* top_b = b.top();
+  EXPECT_NE(top_a, top_b);
+  a.Release();
+  EXPECT_FALSE(a);
+  b.Release();
+  // The most recently released (b, still hot in cache and RAM) comes first.
+  Stack c = Stack::Allocate();
+  Stack d = Stack::Allocate();
+  EXPECT_EQ(c.top(), top_b);
+  EXPECT_EQ(d.top(), top_a);
+}
+
+TEST(StackTest, ReleaseDoesNotTouchTheObjectAfterwards) {
+  // The fiber layer keeps the Stack inside the stack it owns.
+  Stack s = Stack::Allocate();
+  void* top = s.top();
+  Stack* inside = new (static_cast<char*>(s.top()) - 64) Stack(std::move(s));
+  inside->Release();  // under ASan, a write after poisoning would fail here
+  Stack again = Stack::Allocate();
+  EXPECT_EQ(again.top(), top);
+}
+
+#if defined(__SANITIZE_ADDRESS__)
+TEST(StackTest, PooledStacksArePoisonedUnderAsan) {
+  Stack s = Stack::Allocate();
+  char* base = static_cast<char*>(s.base());
+  char* top = static_cast<char*>(s.top());
+  EXPECT_FALSE(__asan_address_is_poisoned(base));
+  EXPECT_FALSE(__asan_address_is_poisoned(top - 1));
+  s.Release();
+  EXPECT_TRUE(__asan_address_is_poisoned(base));
+  EXPECT_TRUE(__asan_address_is_poisoned(top - 1));
+  EXPECT_DEATH(top[-1] = 1, "use-after-poison");
+  Stack again = Stack::Allocate();
+  ASSERT_EQ(static_cast<char*>(again.top()), top);
+  EXPECT_FALSE(__asan_address_is_poisoned(base));
+  EXPECT_FALSE(__asan_address_is_poisoned(top - 1));
+}
+#endif
+
+TEST(StackTest, SizesRoundUpToPagesAndGetTheirOwnSlots) {
+  EXPECT_EQ(Stack::Allocate(1).size(), Page());
+  EXPECT_EQ(Stack::Allocate(0).size(), kDefaultStackSize);
+  EXPECT_EQ(Stack::Allocate(kDefaultStackSize - 1).size(), kDefaultStackSize);
+  const std::size_t odd = 100000;
+  Stack s = Stack::Allocate(odd);
+  EXPECT_EQ(s.size(), (odd + Page() - 1) / Page() * Page());
+  EXPECT_EQ(Addr(s.top()) % Page(), 0u);
+  EXPECT_EQ(Addr(s.base()) + s.size(), Addr(s.top()));
+
+  std::vector<Stack> stacks;
+  for (std::size_t size : {std::size_t{16} << 10, std::size_t{64} << 10,
+                           std::size_t{1} << 20, std::size_t{8} << 20}) {
+    for (int i = 0; i < 3; ++i) stacks.push_back(Stack::Allocate(size));
+  }
+  for (Stack& st : stacks) {
+    std::memset(st.base(), 0x5a, st.size());
+  }
+  // No two stacks overlap, guards included.
+  std::vector<std::pair<std::uintptr_t, std::uintptr_t>> ranges;
+  for (Stack& st : stacks) {
+    ranges.emplace_back(Addr(st.base()) - kStackGuardSize, Addr(st.top()));
+  }
+  std::sort(ranges.begin(), ranges.end());
+  for (std::size_t i = 1; i < ranges.size(); ++i) {
+    EXPECT_LE(ranges[i - 1].second, ranges[i].first);
+  }
+  EXPECT_GE(GetStackStats(false).size_classes, 7u);
+}
+
+TEST(StackTest, MaximumSize) {
+  Stack s = Stack::Allocate(kMaxStackSize);
+  EXPECT_EQ(s.size(), kMaxStackSize);
+  static_cast<char*>(s.top())[-1] = 1;
+  static_cast<char*>(s.base())[0] = 1;
+}
+
+TEST(StackDeathTest, TooLargeIsFatal) {
+  EXPECT_DEATH((void)Stack::Allocate(kMaxStackSize + 1),
+               "fatal: fiber stack size [0-9]+ exceeds the maximum");
+}
+
+TEST(StackTest, OwnerIdIsKeptOutsideTheStackAndResetOnRelease) {
+  Stack s = Stack::Allocate();
+  std::memset(s.base(), 0xff, s.size());
+  EXPECT_EQ(s.owner_id(), 0u);
+  s.SetOwnerId(12345);
+  EXPECT_EQ(s.owner_id(), 12345u);
+  std::memset(s.base(), 0, s.size());
+  EXPECT_EQ(s.owner_id(), 12345u);
+  Stack t = Stack::Allocate();
+  t.SetOwnerId(7);
+  EXPECT_EQ(s.owner_id(), 12345u);
+  void* top = s.top();
+  s.Release();
+  Stack again = Stack::Allocate();
+  ASSERT_EQ(again.top(), top);
+  EXPECT_EQ(again.owner_id(), 0u);
+  EXPECT_EQ(t.owner_id(), 7u);
+}
+
+TEST(StackTest, CodeRunsOnTheStack) {
+  Stack s = Stack::Allocate();
+  struct Probe {
+    std::uintptr_t local_address = 0;
+  } probe;
+  stack_internal::RunOnStack(
+      s,
+      [](void* arg) {
+        // The frame, not a local: ASan may put locals on its fake stack.
+        static_cast<Probe*>(arg)->local_address =
+            Addr(__builtin_frame_address(0));
+      },
+      &probe);
+  EXPECT_GE(probe.local_address, Addr(s.base()));
+  EXPECT_LT(probe.local_address, Addr(s.top()));
+}
+
+TEST(StackTest, StatsAccounting) {
+  const StackStats before = GetStackStats();
+  EXPECT_EQ(before.lightweight_guards, KernelHasGuardMarkers());
+  EXPECT_GE(before.guard_bytes, kStackGuardSize);
+  EXPECT_EQ(before.pool_limit, GetStackPoolLimit());
+  std::vector<Stack> stacks;
+  for (int i = 0; i < 100; ++i) stacks.push_back(Stack::Allocate());
+  const StackStats during = GetStackStats();
+  EXPECT_EQ(during.live, before.live + 100);
+  EXPECT_GE(during.slabs, 1u);
+  EXPECT_EQ(during.reserved_bytes, during.slabs * (std::size_t{1} << 30));
+  EXPECT_GT(during.resident_bytes_estimate, 0u);
+  stacks.clear();
+  const StackStats after = GetStackStats();
+  EXPECT_EQ(after.live, before.live);
+  EXPECT_EQ(after.pooled, during.pooled + 100);
+  EXPECT_LE(after.thread_cached, after.pooled);
+}
+
+// A fiber that uses 3 KiB of a 256 KiB stack costs one or two pages.
+TEST(StackTest, PagesAreCommittedOnlyWhenTouched) {
+  ReleaseStackCache();  // every pooled stack is now non-resident
+  constexpr int kStacks = 64;
+  std::vector<Stack> stacks;
+  for (int i = 0; i < kStacks; ++i) stacks.push_back(Stack::Allocate());
+  for (Stack& s : stacks) {
+    EXPECT_EQ(ResidentPages(s.base(), s.size()), 0u);
+  }
+  const std::size_t rss_before = ProcessRssBytes();
+  for (Stack& s : stacks) {
+    std::memset(static_cast<char*>(s.top()) - 3072, 1, 3072);
+  }
+  const std::size_t rss_after = ProcessRssBytes();
+  for (Stack& s : stacks) {
+    const std::size_t pages = ResidentPages(s.base(), s.size());
+    EXPECT_GE(pages, 1u);
+    EXPECT_LE(pages, 2u);
+  }
+  // Far below the 16 MiB that committing the stacks would cost.
+  EXPECT_LT(rss_after - std::min(rss_after, rss_before),
+            kStacks * kDefaultStackSize / 8);
+}
+
+std::size_t StacksWithResidentPages(
+    const std::vector<std::pair<void*, std::size_t>>& v) {
+  std::size_t n = 0;
+  for (const auto& [base, size] : v) n += ResidentPages(base, size) != 0;
+  return n;
+}
+
+TEST(StackTest, PoolTrimsPastTheHighWaterMark) {
+  constexpr std::size_t kLimit = 16;
+  ScopedPoolLimit limit(kLimit);
+  constexpr std::size_t kStacks = 600;
+  std::vector<Stack> stacks;
+  std::vector<std::pair<void*, std::size_t>> regions;
+  for (std::size_t i = 0; i < kStacks; ++i) {
+    stacks.push_back(Stack::Allocate());
+    Stack& s = stacks.back();
+    std::memset(static_cast<char*>(s.top()) - 16384, 1, 16384);
+    regions.emplace_back(s.base(), s.size());
+  }
+  EXPECT_EQ(StacksWithResidentPages(regions), kStacks);
+  const StackStats before = GetStackStats(false);
+  stacks.clear();
+  const StackStats after = GetStackStats(false);
+  // At most the high-water mark, its slack, and this thread's cache remain.
+  const std::size_t bound = kLimit + stack_internal::TrimSlack(kLimit) +
+                            stack_internal::kThreadCacheCapacity;
+  EXPECT_LE(StacksWithResidentPages(regions), bound);
+  EXPECT_LE(after.pooled_resident, bound + before.pooled_resident);
+  EXPECT_GE(after.trimmed_stacks - before.trimmed_stacks, kStacks - bound);
+  // Releasing the cache gives every page back.
+  ReleaseStackCache();
+  EXPECT_EQ(StacksWithResidentPages(regions), 0u);
+  EXPECT_EQ(GetStackStats(false).thread_cached, 0u);
+}
+
+TEST(StackTest, TrimCoalescesAdjacentStacks) {
+  ReleaseStackCache();
+  // A size no other test uses: fresh, adjacent slots in carving order.
+  constexpr std::size_t kSize = 60 * 1024;
+  constexpr std::size_t kStacks = 1000;
+  std::vector<Stack> stacks;
+  for (std::size_t i = 0; i < kStacks; ++i) {
+    stacks.push_back(Stack::Allocate(kSize));
+    static_cast<char*>(stacks.back().top())[-1] = 1;
+  }
+  const StackStats before = GetStackStats(false);
+  stacks.clear();
+  ReleaseStackCache();
+  const StackStats after = GetStackStats(false);
+  EXPECT_GE(after.trimmed_stacks - before.trimmed_stacks, kStacks);
+  // One madvise per run of adjacent stacks: one run here (a second if the
+  // slab ran out), not one per stack.
+  EXPECT_LE(after.trim_calls - before.trim_calls, 2u);
+}
+
+TEST(StackTest, ThreadCacheIsFlushedAtThreadExit) {
+  const StackStats before = GetStackStats(false);
+  std::thread([] {
+    std::vector<Stack> stacks;
+    for (int i = 0; i < 20; ++i) stacks.push_back(Stack::Allocate());
+    stacks.clear();  // into this thread's cache
+    EXPECT_GE(GetStackStats(false).thread_cached, 20u);
+  }).join();
+  const StackStats after = GetStackStats(false);
+  EXPECT_EQ(after.live, before.live);
+  EXPECT_EQ(after.thread_cached, before.thread_cached);
+}
+
+TEST(StackTest, StackFreedOnAnotherThread) {
+  const std::size_t live = GetStackStats(false).live;
+  std::vector<Stack> stacks;
+  for (int i = 0; i < 100; ++i) stacks.push_back(Stack::Allocate());
+  std::thread([&stacks] {
+    stacks.clear();
+    // The thread now caches stacks, so it can run on them: it has an
+    // alternate signal stack for overflow reports.
+    stack_t ss;
+    ASSERT_EQ(sigaltstack(nullptr, &ss), 0);
+    EXPECT_EQ(ss.ss_flags & SS_DISABLE, 0);
+  }).join();
+  EXPECT_EQ(GetStackStats(false).live, live);
+}
+
+TEST(StackTest, PrepareThreadForStacksGivesAnAltStack) {
+  std::thread([] {
+    stack_t before;
+    ASSERT_EQ(sigaltstack(nullptr, &before), 0);
+    PrepareThreadForStacks();
+    PrepareThreadForStacks();  // idempotent
+    stack_t after;
+    ASSERT_EQ(sigaltstack(nullptr, &after), 0);
+    EXPECT_EQ(after.ss_flags & SS_DISABLE, 0);
+    if ((before.ss_flags & SS_DISABLE) == 0) {
+      EXPECT_EQ(after.ss_sp, before.ss_sp);  // kept (e.g. ASan's)
+    } else {
+      EXPECT_GE(after.ss_size, stack_internal::kMinAltStackSize);
+    }
+  }).join();
+}
+
+// Conservation: every stack is handed to at most one owner at a time. Threads
+// tag each stack they own, check the tags before freeing, and free some of
+// their stacks on other threads.
+class StackStressTest : public testing::TestWithParam<int> {};
+
+TEST_P(StackStressTest, EveryStackHasOneOwnerAtATime) {
+  const int threads = GetParam();
+#ifdef GORT_SANITIZED
+  constexpr int kRounds = 200;
+#else
+  constexpr int kRounds = 5000;
+#endif
+  const std::size_t live_before = GetStackStats(false).live;
+  std::mutex mu;
+  std::unordered_map<std::uintptr_t, int> owners;  // top -> thread
+  std::vector<Stack> handoff;                      // guarded by mu
+  std::atomic<int> violations{0};
+  auto claim = [&](const Stack& s, int me) {
+    std::lock_guard<std::mutex> lock(mu);
+    if (!owners.emplace(Addr(s.top()), me).second) ++violations;
+  };
+  auto unclaim = [&](const Stack& s) {
+    std::lock_guard<std::mutex> lock(mu);
+    if (owners.erase(Addr(s.top())) != 1) ++violations;
+  };
+  auto worker = [&](int me) {
+    std::mt19937 rng(me);
+    std::vector<std::pair<Stack, std::uint64_t>> mine;
+    std::uint64_t seq = 0;
+    for (int round = 0; round < kRounds; ++round) {
+      const int n = 1 + static_cast<int>(rng() % 48);
+      for (int i = 0; i < n; ++i) {
+        const std::size_t size = rng() % 4 == 0 ? 64 * 1024 : kDefaultStackSize;
+        Stack s = Stack::Allocate(size);
+        claim(s, me);
+        const std::uint64_t tag =
+            (static_cast<std::uint64_t>(me) << 48) | ++seq;
+        static_cast<std::uint64_t*>(s.top())[-1] = tag;
+        static_cast<std::uint64_t*>(s.base())[0] = tag;
+        mine.emplace_back(std::move(s), tag);
+      }
+      std::shuffle(mine.begin(), mine.end(), rng);
+      const std::size_t keep = rng() % 8;
+      while (mine.size() > keep) {
+        auto [s, tag] = std::move(mine.back());
+        mine.pop_back();
+        if (static_cast<std::uint64_t*>(s.top())[-1] != tag ||
+            static_cast<std::uint64_t*>(s.base())[0] != tag) {
+          ++violations;
+        }
+        unclaim(s);
+        if (rng() % 4 == 0) {
+          std::lock_guard<std::mutex> lock(mu);
+          handoff.push_back(std::move(s));  // freed by whoever comes next
+        } else {
+          s.Release();
+        }
+      }
+      std::vector<Stack> theirs;
+      {
+        std::lock_guard<std::mutex> lock(mu);
+        theirs.swap(handoff);
+      }
+    }
+    for (auto& [s, tag] : mine) unclaim(s);
+  };
+  std::vector<std::thread> pool;
+  for (int t = 0; t < threads; ++t) pool.emplace_back(worker, t);
+  for (std::thread& t : pool) t.join();
+  handoff.clear();
+  EXPECT_EQ(violations.load(), 0);
+  EXPECT_TRUE(owners.empty());
+  EXPECT_EQ(GetStackStats(false).live, live_before);
+}
+
+INSTANTIATE_TEST_SUITE_P(Threads, StackStressTest, testing::Values(1, 2, 4),
+                         testing::PrintToStringParamName());
+
+// A million live stacks on a stock kernel (vm.max_map_count = 65530): slabs
+// keep the mapping count in the hundreds.
+TEST(StackTest, OneMillionLiveStacks) {
+#ifdef GORT_SANITIZED
+  constexpr std::size_t kStacks = 20000;
+#else
+  constexpr std::size_t kStacks = 1000000;
+#endif
+  const StackStats before = GetStackStats(false);
+  const std::size_t maps_before = MappingCount();
+  std::vector<Stack> stacks;
+  stacks.reserve(kStacks);
+  for (std::size_t i = 0; i < kStacks; ++i) {
+    stacks.push_back(Stack::Allocate());
+    if (i % 64 == 0) static_cast<std::size_t*>(stacks.back().top())[-1] = i;
+  }
+  const StackStats during = GetStackStats(false);
+  const std::size_t maps_during = MappingCount();
+  EXPECT_EQ(during.live, before.live + kStacks);
+  if (during.lightweight_guards) {
+    EXPECT_EQ(during.unguarded, 0u);
+    EXPECT_LT(maps_during, MaxMapCount() / 16);
+    EXPECT_LT(maps_during - std::min(maps_during, maps_before),
+              kStacks / 1000 + 16);
+  } else {
+    // The fallback stays within its budget of half the mappings.
+    EXPECT_LT(maps_during, MaxMapCount() * 3 / 4);
+  }
+  std::vector<std::uintptr_t> tops;
+  tops.reserve(kStacks);
+  for (std::size_t i = 0; i < kStacks; ++i) {
+    tops.push_back(Addr(stacks[i].top()));
+    if (i % 64 == 0) {
+      EXPECT_EQ(static_cast<std::size_t*>(stacks[i].top())[-1], i);
+    }
+  }
+  std::sort(tops.begin(), tops.end());
+  EXPECT_EQ(std::adjacent_find(tops.begin(), tops.end()), tops.end());
+  stacks.clear();
+  stacks.shrink_to_fit();
+  const StackStats after = GetStackStats(false);
+  EXPECT_EQ(after.live, before.live);
+  // The burst was trimmed as it came back, with few syscalls.
+  EXPECT_LE(after.pooled_resident,
+            after.pool_limit + stack_internal::TrimSlack(after.pool_limit) +
+                stack_internal::kThreadCacheCapacity + before.pooled_resident);
+  EXPECT_LT(after.trim_calls - before.trim_calls, kStacks / 64);
+  ReleaseStackCache();
+}
+
+}  // namespace
+}  // namespace gort
