@@ -66,10 +66,7 @@ ThreadState* InitThreadState();
 }  // namespace
 
 namespace fiber_internal {
-extern "C" {
-__thread ThreadState gort_fiber_thread_state
-    __attribute__((tls_model("initial-exec")));
-}
+GORT_DEFINE_THREAD_LOCAL(ThreadState, gort_fiber_thread_state)
 
 GORT_TLS_ACCESSOR ThreadState* CurrentThreadStateSlow() {
   ThreadState* ts = &fiber_internal::gort_fiber_thread_state;

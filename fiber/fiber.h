@@ -52,6 +52,37 @@
 // Clang both cache TLS addresses across calls otherwise.
 #define GORT_TLS_ACCESSOR __attribute__((noinline, noipa))
 
+// Declares `inline T* FN()` returning the address of the calling thread's
+// instance of `extern "C" __thread T SYMBOL` (initial-exec TLS), in a way
+// the compiler can never cache across a fiber switch: on x86-64 through an
+// `asm volatile` read of the thread pointer (no call), elsewhere through a
+// GORT_TLS_ACCESSOR function. SYMBOL must be defined, once, with
+// GORT_DEFINE_THREAD_LOCAL(T, SYMBOL). For the runtime's own thread-locals
+// (current fiber, current M): a fiber may resume on another thread.
+#if defined(__x86_64__) && defined(__ELF__)
+#define GORT_DECLARE_THREAD_LOCAL(T, SYMBOL, FN)                    \
+  extern "C" {                                                      \
+  extern __thread T SYMBOL __attribute__((tls_model("initial-exec"))); \
+  }                                                                 \
+  inline T* FN() {                                                  \
+    T* p;                                                           \
+    asm volatile("movq %%fs:0, %0\n\taddq " #SYMBOL                 \
+                 "@gottpoff(%%rip), %0"                             \
+                 : "=r"(p));                                        \
+    return p;                                                       \
+  }
+#else
+#define GORT_DECLARE_THREAD_LOCAL(T, SYMBOL, FN)                    \
+  extern "C" {                                                      \
+  extern __thread T SYMBOL __attribute__((tls_model("initial-exec"))); \
+  }                                                                 \
+  GORT_TLS_ACCESSOR inline T* FN() { return &SYMBOL; }
+#endif
+#define GORT_DEFINE_THREAD_LOCAL(T, SYMBOL) \
+  extern "C" {                              \
+  __thread T SYMBOL __attribute__((tls_model("initial-exec"))); \
+  }
+
 namespace gort {
 
 class Fiber;
@@ -71,28 +102,17 @@ struct ThreadState {
 // address across a switch (a fiber may be on another thread after one).
 // Out of line (GORT_TLS_ACCESSOR): the portable form.
 GORT_TLS_ACCESSOR ThreadState* CurrentThreadStateSlow();
-#if defined(__x86_64__) && defined(__ELF__)
-// The thread's state, with the initial-exec TLS model (gort is never
-// dlopen()ed after start-up in a way that matters: libstdc++ itself does the
-// same). Inline, through `asm volatile`, which the compiler may not cache.
-extern "C" {
-extern __thread ThreadState gort_fiber_thread_state
-    __attribute__((tls_model("initial-exec")));
-}
+// Initial-exec TLS (static TLS block; libstdc++ uses it too), so gort must
+// not be dlopen()ed into a process whose static TLS is exhausted.
+GORT_DECLARE_THREAD_LOCAL(ThreadState, gort_fiber_thread_state,
+                          ThreadStateSlot)
 inline ThreadState* CurrentThreadState() {
-  ThreadState* ts;
-  asm volatile(
-      "movq %%fs:0, %0\n\t"
-      "addq gort_fiber_thread_state@gottpoff(%%rip), %0"
-      : "=r"(ts));
+  ThreadState* ts = ThreadStateSlot();
   if (__builtin_expect(ts->current == nullptr, 0)) {
     return CurrentThreadStateSlow();
   }
   return ts;
 }
-#else
-inline ThreadState* CurrentThreadState() { return CurrentThreadStateSlow(); }
-#endif
 }  // namespace fiber_internal
 
 class Fiber {

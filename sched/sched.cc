@@ -75,6 +75,11 @@ struct G {
   int* main_result = nullptr;  // RunMain's fiber
   absl::AnyInvocable<int() &&> main_fn;
   std::atomic<std::uint32_t>* main_done = nullptr;
+  // The park in progress, for ParkHook (written by g before it switches).
+  std::uint64_t park_seq = 0;
+  ParkCommitFn park_commit = nullptr;
+  void* park_commit_arg = nullptr;
+  bool park_aborted = false;
 };
 
 struct Timer {
@@ -191,7 +196,10 @@ struct Sched {
   std::vector<M*> allm;
   std::atomic<int> nmspinning{0};
   P* allp[kMaxProcs] = {};
-  std::atomic<int> procs{0};
+  std::atomic<int> procs{0};  // MaxProcs: Ps [0, procs) may run Gs
+  // Ps ever made, [0, nallp): a P past `procs` may still hold work until
+  // its M notices it retired, so stealing, timers and the monitor scan all.
+  std::atomic<int> nallp{0};
   std::atomic<std::int64_t> ngo{0};
   std::atomic<std::int64_t> handoffs{0};
   std::atomic<std::int64_t> long_running{0};
@@ -216,10 +224,20 @@ Sched* g_sched = nullptr;
 std::atomic<bool> g_running{false};
 std::mutex g_start_mu;  // Start/Shutdown/SetMaxProcs
 
-thread_local M* t_m = nullptr;
+}  // namespace
+}  // namespace sched_internal
+}  // namespace gort
 
-GORT_TLS_ACCESSOR M* GetM() { return t_m; }
-GORT_TLS_ACCESSOR void SetM(M* m) { t_m = m; }
+// The M running on this thread (null on plain threads), read uncacheably:
+// a fiber that parks may resume under another M.
+GORT_DEFINE_THREAD_LOCAL(void*, gort_sched_current_m)
+namespace gort {
+namespace sched_internal {
+namespace {
+GORT_DECLARE_THREAD_LOCAL(void*, gort_sched_current_m, CurrentMSlot)
+
+M* GetM() { return static_cast<M*>(*CurrentMSlot()); }
+void SetM(M* m) { *CurrentMSlot() = m; }
 
 G* CurrentG() {
   M* m = GetM();
@@ -397,8 +415,9 @@ void AddTimer(P* p, Timer* t) {
     std::lock_guard<Lock> l(p->timers.lock);
     p->timers.Add(t);
   }
-  // An M sleeping until a later deadline must recompute; if no M sleeps
-  // with a deadline and Ps are idle, wake one to become the timer sleeper.
+  // An M sleeping until a later deadline must recompute. If no M sleeps
+  // with a deadline, p's own M becomes the sleeper when it runs out of
+  // work; a P stuck in a long-running fiber is covered by the monitor.
   if (g_sched->timer_sleeper.load(std::memory_order_acquire) != nullptr) {
     WakeTimerSleeper(t->when);
   }
@@ -447,8 +466,8 @@ bool RunTimers(P* p, std::int64_t now) {
 
 std::int64_t EarliestTimer() {
   std::int64_t when = kNoDeadline;
-  int procs = g_sched->procs.load(std::memory_order_acquire);
-  for (int i = 0; i < procs; ++i) {
+  int n = g_sched->nallp.load(std::memory_order_acquire);
+  for (int i = 0; i < n; ++i) {
     when = std::min(when, g_sched->allp[i]->timers.next_when.load(
                               std::memory_order_acquire));
   }
@@ -457,8 +476,8 @@ std::int64_t EarliestTimer() {
 
 bool RunAllTimers(std::int64_t now) {
   bool any = false;
-  int procs = g_sched->procs.load(std::memory_order_acquire);
-  for (int i = 0; i < procs; ++i) any |= RunTimers(g_sched->allp[i], now);
+  int n = g_sched->nallp.load(std::memory_order_acquire);
+  for (int i = 0; i < n; ++i) any |= RunTimers(g_sched->allp[i], now);
   return any;
 }
 
@@ -563,7 +582,7 @@ bool ReleaseRetiredP(M* m) {
 // --- Finding work (Go's findRunnable), on g0 -----------------------------------
 
 G* StealWork(M* m) {
-  int procs = g_sched->procs.load(std::memory_order_acquire);
+  int procs = g_sched->nallp.load(std::memory_order_acquire);
   P* self = m->p;
   auto local = self->runq.local();
   for (int round = 0; round < 4; ++round) {
@@ -631,7 +650,7 @@ top:
       g_sched->nmspinning.fetch_sub(1, std::memory_order_seq_cst);
       // Re-check every queue after dropping "spinning": a G readied just
       // before our decrement saw nmspinning != 0 and did not wake anyone.
-      int procs2 = g_sched->procs.load(std::memory_order_seq_cst);
+      int procs2 = g_sched->nallp.load(std::memory_order_seq_cst);
       for (int i = 0; i < procs2; ++i) {
         if (g_sched->allp[i]->runq.Size() > 0 ||
             g_sched->runq_size.load(std::memory_order_seq_cst) > 0) {
@@ -759,7 +778,8 @@ void SwitchAway(bool exiting, Fiber::AfterSwitch hook, void* arg) {
 
 G* AllocG() {
   M* m = GetM();
-  if (m != nullptr && m->p != nullptr && m->p->gfree != nullptr) {
+  if (m != nullptr && m->p != nullptr && !m->in_blocking &&
+      m->p->gfree != nullptr) {
     P* p = m->p;
     G* g = p->gfree;
     p->gfree = g->schedlink;
@@ -856,26 +876,24 @@ G* NewG(absl::AnyInvocable<void() &&> fn, std::source_location site) {
 
 // --- Parking hooks ------------------------------------------------------------------
 
-struct ParkArgs {
-  G* g;
-  std::uint64_t seq;
-  ParkCommitFn commit;
-  void* commit_arg;
-};
-
-void ParkHook(Fiber* from, void* arg) {
-  ParkArgs a = *static_cast<ParkArgs*>(arg);  // lives on from's stack
-  if (a.commit != nullptr && !a.commit(a.commit_arg)) {
-    a.g->parker.Finish(a.seq, Parker::kUnparked);
-    ReadyG(a.g);
+// Runs on the next fiber (or g0) once g is off its stack. The park's
+// arguments are in g itself, read through the G pointer (not from g's stack:
+// see "memory renaming" in docs/fiber.md).
+void ParkHook(Fiber* from, void*) {
+  G* g = static_cast<G*>(from->user_data());
+  const std::uint64_t seq = g->park_seq;
+  if (g->park_commit != nullptr && !g->park_commit(g->park_commit_arg)) {
+    g->park_aborted = true;  // Park returns kUnparked, whoever else won
+    g->parker.Finish(seq, Parker::kUnparked);
+    ReadyG(g);
     return;
   }
-  const std::uint64_t base = a.seq << Parker::kStateBits;
+  const std::uint64_t base = seq << Parker::kStateBits;
   std::uint64_t w = base | Parker::kPreparing;
-  if (!a.g->parker.word_.compare_exchange_strong(
-          w, base | Parker::kParked, std::memory_order_acq_rel,
-          std::memory_order_acquire)) {
-    ReadyG(a.g);  // an Unpark or the deadline won while we switched
+  if (!g->parker.word_.compare_exchange_strong(w, base | Parker::kParked,
+                                               std::memory_order_acq_rel,
+                                               std::memory_order_acquire)) {
+    ReadyG(g);  // an Unpark or the deadline won while we switched
   }
 }
 
@@ -901,9 +919,13 @@ ParkResult HookPark(Parker* p, std::uint64_t seq, ParkCommitFn commit,
     AddTimer(m->p, &timer);
   }
   g->status.store(GStatus::kWaiting, std::memory_order_relaxed);
-  ParkArgs args{g, seq, commit, arg};
-  SwitchAway(/*exiting=*/false, &ParkHook, &args);
+  g->park_seq = seq;
+  g->park_commit = commit;
+  g->park_commit_arg = arg;
+  g->park_aborted = false;
+  SwitchAway(/*exiting=*/false, &ParkHook, nullptr);
   if (deadline != kNoDeadline) CancelTimer(&timer);
+  if (g->park_aborted) return ParkResult::kUnparked;
   return (p->word_.load(std::memory_order_acquire) & Parker::kStateMask) ==
                  Parker::kTimedOut
              ? ParkResult::kTimedOut
@@ -1015,6 +1037,23 @@ void MStart(M* m) {
 // Gives up p (taken from an M in a Blocking call, or by a locked M): start
 // an M for it if there is work, else make it idle.
 void HandoffP(P* p) {
+  if (PRetired(p)) {  // SetMaxProcs shrank while p was away: retire it
+    bool retired = false;
+    {
+      std::lock_guard<Lock> l(g_sched->lock);
+      if (PRetired(p)) {
+        p->status.store(kPRetired, std::memory_order_release);
+        auto local = p->runq.local();
+        while (G* g = local.Pop()) GlobRunqPut(g);
+        retired = true;
+      }
+    }
+    if (retired) {
+      MoveTimersToP0(p);
+      WakeP();
+      return;
+    }
+  }
   bool work = p->runq.Size() > 0 ||
               g_sched->runq_size.load(std::memory_order_relaxed) > 0 ||
               p->timers.next_when.load(std::memory_order_relaxed) !=
@@ -1031,8 +1070,16 @@ void HandoffP(P* p) {
     StartM(p, /*spinning=*/true);
     return;
   }
-  std::lock_guard<Lock> l(g_sched->lock);
-  PIdlePut(p);
+  {
+    std::lock_guard<Lock> l(g_sched->lock);
+    // Re-check under the lock (Go's handoffp does too): a G queued
+    // globally since the check above saw no idle P to wake.
+    if (g_sched->runq_size.load(std::memory_order_relaxed) == 0) {
+      PIdlePut(p);
+      return;
+    }
+  }
+  StartM(p, /*spinning=*/false);
 }
 
 // --- The monitor (Go's sysmon) -----------------------------------------------------
@@ -1052,7 +1099,7 @@ void SysmonLoop() {
     if (g_sched->stopping.load(std::memory_order_acquire)) break;
     std::int64_t now = MonoNow();
     bool acted = false;
-    int procs = g_sched->procs.load(std::memory_order_acquire);
+    int procs = g_sched->nallp.load(std::memory_order_acquire);
     for (int i = 0; i < procs; ++i) {
       P* p = g_sched->allp[i];
       int st = p->status.load(std::memory_order_acquire);
@@ -1165,6 +1212,7 @@ void StartLocked(const RuntimeOptions& options) {
     }
   }
   for (int i = 0; i < procs; ++i) g_sched->allp[i] = NewP(i);
+  g_sched->nallp.store(procs, std::memory_order_release);
   g_sched->procs.store(procs, std::memory_order_release);
   for (int i = procs - 1; i >= 0; --i) PIdlePut(g_sched->allp[i]);
   InstallSchedulerHooks(&kHooks);
@@ -1296,15 +1344,21 @@ void Go(absl::AnyInvocable<void() &&> fn, std::source_location site) {
 
 void Yield() {
   G* g = CurrentG();
-  if (g == nullptr) {
+  M* m = GetM();
+  if (g == nullptr || m->in_blocking) {  // a thread, or inside Blocking()
     std::this_thread::yield();
     return;
   }
-  M* m = GetM();
-  if (m->locked_g == nullptr && m->p != nullptr && m->p->runq.Size() == 0 &&
-      g_sched->runq_size.load(std::memory_order_relaxed) == 0 &&
-      m->p->timers.next_when.load(std::memory_order_relaxed) > sched_internal::MonoNow()) {
-    return;  // nothing else to run here
+  P* p = m->p;
+  if (m->locked_g == nullptr && p != nullptr && p->runq.Size() == 0 &&
+      g_sched->runq_size.load(std::memory_order_relaxed) == 0) {
+    // Nothing else to run here, unless a timer is due: looked at on every
+    // 61st such yield only (a clock read costs more than the yield).
+    std::int64_t next = p->timers.next_when.load(std::memory_order_relaxed);
+    if (next == kNoDeadline || ++p->schedtick % kGlobalQueueTick != 0 ||
+        next > sched_internal::MonoNow()) {
+      return;
+    }
   }
   SwitchAway(/*exiting=*/false, &YieldHook, nullptr);
 }
@@ -1358,6 +1412,8 @@ void SetMaxProcs(int n) {
       if (g_sched->allp[i] == nullptr) {
         g_sched->allp[i] = NewP(i);
         g_sched->allp[i]->status.store(kPRetired, std::memory_order_relaxed);
+        // store-release: publishes the new P to lock-free scanners.
+        g_sched->nallp.store(i + 1, std::memory_order_release);
       }
       // A P whose M has not yet noticed its retirement just stays with it.
       if (g_sched->allp[i]->status.load(std::memory_order_acquire) ==

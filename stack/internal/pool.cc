@@ -147,7 +147,7 @@ class Pool {
   // Takes up to `max` pooled stacks: out[0, got) with the most recently freed
   // resident stack last (so a cache pops it first), trimmed ones below.
   std::uint32_t TakeBatch(std::uint32_t cls, std::uintptr_t* out,
-                          std::uint32_t max) {
+                          std::uint32_t max, std::uint32_t* trimmed = nullptr) {
     SharedPool& sp = shared_[cls];
     std::lock_guard<SpinLock> lock(sp.mu);
     const std::size_t from_resident =
@@ -161,7 +161,31 @@ class Pool {
     sp.resident.resize(sp.resident.size() - from_resident);
     const std::size_t got = from_resident + from_trimmed;
     sp.pooled -= got;
+    if (trimmed != nullptr) *trimmed = static_cast<std::uint32_t>(from_trimmed);
     return static_cast<std::uint32_t>(got);
+  }
+
+  // n never-used slots (tops in out[0, n)), their guards installed and
+  // their top pages made resident, in a few batched system calls.
+  void CarveBatch(std::uint32_t cls, std::uintptr_t* out, std::uint32_t n) {
+    const ClassInfo& ci = g_class_info[cls];
+    SharedPool& sp = shared_[cls];
+    std::uintptr_t slots[kThreadCacheCapacity];
+    {
+      std::lock_guard<SpinLock> lock(sp.mu);
+      for (std::uint32_t i = 0; i < n; ++i) {
+        if (sp.carve_slab == 0 || sp.carve_next == ci.slots) {
+          sp.carve_slab = ReserveSlab(cls);
+          sp.carve_next = 0;
+        }
+        slots[i] = sp.carve_slab + ci.header + sp.carve_next * ci.stride;
+        ++sp.carve_next;
+        ++sp.carved;
+      }
+    }
+    InstallGuards(slots, n, ci.guard);  // outside the lock: system calls
+    for (std::uint32_t i = 0; i < n; ++i) out[i] = slots[i] + ci.stride;
+    PrefaultTops(out, n, kPrefaultBytes);
   }
 
   // A never-used slot: reserves a slab if needed, installs the slot's guard.
@@ -180,7 +204,9 @@ class Pool {
       ++sp.carved;
     }
     InstallGuard(slot, ci.guard);  // outside the lock: a syscall
-    return slot + ci.stride;
+    const std::uintptr_t top = slot + ci.stride;
+    PrefaultTops(&top, 1, kPrefaultBytes);
+    return top;
   }
 
   // Releases the pages of the oldest resident stacks of every class until at
@@ -356,15 +382,24 @@ std::uintptr_t AllocateSlow(ThreadState& ts, std::uint32_t cls) {
   if (cls < kCachedClasses && ts.phase == ThreadPhase::kActive) {
     // The fast path found this cache empty.
     ClassCache& cache = ts.caches[cls];
-    const std::uint32_t got =
-        pool.TakeBatch(cls, cache.tops, kThreadCacheBatch);
+    std::uint32_t trimmed = 0;
+    std::uint32_t got =
+        pool.TakeBatch(cls, cache.tops, kThreadCacheBatch, &trimmed);
     if (got != 0) {
-      top = cache.tops[got - 1];
-      cache.count.store(got - 1, std::memory_order_relaxed);
-      UnpoisonStack(top, cls);
-      return top;
+      // Trimmed stacks come first in tops[]: fault their top pages in.
+      PrefaultTops(cache.tops, trimmed, kPrefaultBytes);
+    } else {
+      pool.CarveBatch(cls, cache.tops, kThreadCacheBatch);
+      got = kThreadCacheBatch;
     }
-  } else if (pool.TakeBatch(cls, &top, 1) == 1) {
+    top = cache.tops[got - 1];
+    cache.count.store(got - 1, std::memory_order_relaxed);
+    UnpoisonStack(top, cls);
+    return top;
+  }
+  std::uint32_t trimmed = 0;
+  if (pool.TakeBatch(cls, &top, 1, &trimmed) == 1) {
+    PrefaultTops(&top, trimmed, kPrefaultBytes);
     UnpoisonStack(top, cls);
     return top;
   }

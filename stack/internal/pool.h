@@ -32,6 +32,10 @@ namespace gort::stack_internal {
 // stacks to the shared pool; an empty one takes up to kThreadCacheBatch.
 inline constexpr std::uint32_t kThreadCacheCapacity = 32;
 inline constexpr std::uint32_t kThreadCacheBatch = 16;
+// How much of a stack's top the pool makes resident before handing out a
+// fresh or trimmed stack: the page that holds a fiber's control block and
+// first frames (see PrefaultTops in slab.h).
+inline constexpr std::size_t kPrefaultBytes = 4096;
 // Classes 0..kCachedClasses-1 (the default size and the first sizes used)
 // have a thread cache; later classes go straight to their shared pool.
 inline constexpr std::uint32_t kCachedClasses = 8;

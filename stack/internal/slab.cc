@@ -17,6 +17,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -200,6 +202,107 @@ GuardKind InstallGuard(std::uintptr_t start, std::size_t len) {
   g_unguarded.fetch_add(1, std::memory_order_relaxed);
   WarnUnguardedOnce();
   return GuardKind::kNone;
+}
+
+namespace {
+
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
+
+// process_madvise(2) on our own process: an fd for ourselves, reopened after
+// fork() (a child must never advise its parent's memory).
+std::mutex g_self_pidfd_mu;
+int g_self_pidfd = -1;
+pid_t g_self_pidfd_pid = 0;
+
+int SelfPidfd() {
+  const pid_t pid = getpid();
+  std::lock_guard<std::mutex> lock(g_self_pidfd_mu);
+  if (g_self_pidfd_pid != pid) {
+    // After fork the inherited fd names the parent: drop it, do not close
+    // (the child may have closed or reused the number).
+    g_self_pidfd = static_cast<int>(syscall(SYS_pidfd_open, pid, 0));
+    g_self_pidfd_pid = pid;
+  }
+  return g_self_pidfd;
+}
+
+std::atomic<bool> g_batch_advice_ok{true};
+std::atomic<bool> g_populate_ok{true};
+
+// Applies `advice` to n ranges in batches of up to 512; false if the kernel
+// refused the advice for process_madvise (then the caller falls back).
+bool BatchAdvise(const iovec* iov, std::size_t n, int advice) {
+  if (!g_batch_advice_ok.load(std::memory_order_relaxed)) return false;
+  const int fd = SelfPidfd();
+  if (fd < 0) {
+    g_batch_advice_ok.store(false, std::memory_order_relaxed);
+    return false;
+  }
+  for (std::size_t i = 0; i < n;) {
+    const std::size_t k = n - i < 512 ? n - i : 512;
+    const long r = syscall(SYS_process_madvise, fd, iov + i, k, advice, 0);
+    if (r < 0) {
+      if (errno == EAGAIN || errno == EINTR) continue;
+      if (i == 0) {
+        g_batch_advice_ok.store(false, std::memory_order_relaxed);
+        return false;
+      }
+      // A partial failure after success (ENOMEM under memory pressure):
+      // what is left simply faults in later.
+      return true;
+    }
+    i += k;
+  }
+  return true;
+}
+
+}  // namespace
+
+void InstallGuards(const std::uintptr_t* starts, std::size_t n,
+                   std::size_t len) {
+  if (g_guard_mode == GuardMode::kLightweight && n > 1) {
+    iovec iov[64];
+    std::size_t done = 0;
+    bool ok = true;
+    while (ok && done < n) {
+      const std::size_t k = n - done < 64 ? n - done : 64;
+      for (std::size_t i = 0; i < k; ++i) {
+        iov[i].iov_base = reinterpret_cast<void*>(starts[done + i]);
+        iov[i].iov_len = len;
+      }
+      ok = BatchAdvise(iov, k, MADV_GUARD_INSTALL);
+      if (ok) done += k;
+    }
+    if (done == n) return;
+    starts += done;
+    n -= done;
+  }
+  for (std::size_t i = 0; i < n; ++i) InstallGuard(starts[i], len);
+}
+
+void PrefaultTops(const std::uintptr_t* tops, std::size_t n,
+                  std::size_t bytes) {
+  if (n == 0 || !g_populate_ok.load(std::memory_order_relaxed)) return;
+  iovec iov[64];
+  for (std::size_t done = 0; done < n;) {
+    const std::size_t k = n - done < 64 ? n - done : 64;
+    for (std::size_t i = 0; i < k; ++i) {
+      iov[i].iov_base = reinterpret_cast<void*>(tops[done + i] - bytes);
+      iov[i].iov_len = bytes;
+    }
+    if (!BatchAdvise(iov, k, MADV_POPULATE_WRITE)) {
+      for (std::size_t i = 0; i < k; ++i) {
+        if (madvise(iov[i].iov_base, bytes, MADV_POPULATE_WRITE) != 0 &&
+            errno == EINVAL) {
+          g_populate_ok.store(false, std::memory_order_relaxed);  // < 5.14
+          return;
+        }
+      }
+    }
+    done += k;
+  }
 }
 
 bool FindGuardFault(std::uintptr_t address, GuardFault* fault) {

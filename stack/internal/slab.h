@@ -58,6 +58,19 @@ std::uintptr_t ReserveSlab(std::uint32_t cls);
 // the slot as unguarded and prints one warning line (once per process).
 GuardKind InstallGuard(std::uintptr_t start, std::size_t len);
 
+// Installs the guards [starts[i], starts[i] + len) of n freshly carved slots,
+// in as few system calls as the kernel allows (process_madvise batches them
+// in lightweight mode); otherwise one InstallGuard() each.
+void InstallGuards(const std::uintptr_t* starts, std::size_t n,
+                   std::size_t len);
+
+// Makes [tops[i] - bytes, tops[i]) resident for n stacks, with
+// MADV_POPULATE_WRITE, batched through process_madvise where supported. A
+// page populated this way costs ~1-2 us here; a first-touch page fault costs
+// 11-20 us on this VM (and ~2 us on bare metal), so the pool hands out stacks
+// whose top page is already resident. A no-op where the kernel lacks it.
+void PrefaultTops(const std::uintptr_t* tops, std::size_t n, std::size_t bytes);
+
 // What the overflow handler reports.
 struct GuardFault {
   std::uintptr_t stack_lo;  // lowest usable byte of the overflowed stack

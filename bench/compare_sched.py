@@ -1,0 +1,82 @@
+#!/usr/bin/env python3
+"""Runs //sched:sched_bench and the matching Go programs (bench/go) in one
+go and prints medians and ratios gort/Go.
+
+    bench/compare_sched.py [--reps 3] [--filter REGEX]
+
+Needs Go (tools/setup.sh --bench installs Debian's golang-go). Every number
+it prints is measured in this run; nothing is remembered between runs.
+"""
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# gort benchmark name -> (Go program, its flags)
+PAIRS = [
+    ("BM_Sched_Spawn/1/real_time", "spawn", ["-procs=1"]),
+    ("BM_Sched_Spawn/2/real_time", "spawn", ["-procs=2"]),
+    ("BM_Sched_Yield/real_time", "yield", []),
+    ("BM_Sched_ParkUnparkPingPong/1/real_time", "pingpong", ["-procs=1"]),
+    ("BM_Sched_ParkUnparkPingPong/2/real_time", "pingpong", ["-procs=2"]),
+    ("BM_Sched_SkewedLoad/1/real_time", "skewed", ["-procs=1"]),
+    ("BM_Sched_SkewedLoad/2/real_time", "skewed", ["-procs=2"]),
+]
+
+
+def run(cmd, **kw):
+    return subprocess.run(cmd, check=True, capture_output=True, text=True, **kw)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--filter", default="Spawn|Yield|PingPong|Skewed")
+    args = ap.parse_args()
+
+    run(["bazel", "build", "--config=opt", "//sched:sched_bench"], cwd=ROOT)
+    bin_dir = run(["bazel", "info", "--config=opt", "bazel-bin"], cwd=ROOT).stdout.strip()
+    with tempfile.TemporaryDirectory() as tmp:
+        gobin = {}
+        for prog in sorted({p for _, p, _ in PAIRS} | {"sleepers"}):
+            out = os.path.join(tmp, prog)
+            run(["go", "build", "-o", out, "./" + prog], cwd=os.path.join(ROOT, "bench", "go"))
+            gobin[prog] = out
+
+        res = run([os.path.join(bin_dir, "sched", "sched_bench"),
+                   "--benchmark_filter=" + args.filter,
+                   "--benchmark_repetitions=%d" % args.reps,
+                   "--benchmark_format=json"])
+        gort = {}
+        for b in json.loads(res.stdout)["benchmarks"]:
+            if b.get("aggregate_name") == "median":
+                gort[b["run_name"]] = b["ops"] * 1e9  # seconds/op -> ns/op
+
+        rows = []
+        for name, prog, flags in PAIRS:
+            if name not in gort or not re.search(args.filter, name):
+                continue
+            samples = []
+            for _ in range(args.reps):
+                out = run([gobin[prog]] + flags).stdout
+                samples.append(float(re.search(r"ns_per_op ([0-9.]+)", out).group(1)))
+            go = statistics.median(samples)
+            rows.append((name, gort[name], go, gort[name] / go))
+
+        print("%-44s %12s %12s %8s" % ("benchmark (medians of %d)" % args.reps, "gort ns/op", "Go ns/op", "gort/Go"))
+        for name, g, go, r in rows:
+            print("%-44s %12.1f %12.1f %8.2f" % (name, g, go, r))
+        sk = {n: g for n, g, _, _ in rows if "Skewed" in n}
+        if len(sk) == 2:
+            print("skewed load speed-up 1 P -> 2 Ps: gort %.2fx" %
+                  (sk["BM_Sched_SkewedLoad/1/real_time"] / sk["BM_Sched_SkewedLoad/2/real_time"]))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

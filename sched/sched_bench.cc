@@ -1,0 +1,204 @@
+// Scheduler benchmarks (the W-workloads of ARCHITECTURE.md), beside the
+// matching Go programs in bench/go (bench/compare_sched.sh runs both and
+// prints ratios).
+//
+//   bazel run --config=opt //sched:sched_bench
+//   CPUPROFILE=/tmp/sched.prof bazel run --config=opt //sched:sched_bench -- \
+//       --benchmark_filter=Spawn
+//   google-pprof --text bazel-bin/sched/sched_bench /tmp/sched.prof
+//
+// Each benchmark sets MaxProcs to its argument; the runtime stays up
+// between benchmarks. Per-item costs are reported as the counter
+// "ns_per_op" (wall time / operations), which is what Go's programs print.
+
+#include <sys/resource.h>
+
+#include <atomic>
+#include <cstdint>
+
+#include "absl/time/clock.h"
+#include "benchmark/benchmark.h"
+#include "sched/park.h"
+#include "sched/sched.h"
+#include "sched/testing/latch.h"
+
+namespace gort {
+namespace {
+
+using testing::Latch;
+
+// "ns_per_op": nanoseconds of wall time per operation.
+void ReportPerOp(benchmark::State& state, std::int64_t ops_per_iteration) {
+  state.counters["ops"] = benchmark::Counter(
+      static_cast<double>(ops_per_iteration),
+      benchmark::Counter::kIsIterationInvariantRate |
+          benchmark::Counter::kInvert);
+}
+
+// Runs fn as a fiber and waits for it from this (plain) thread.
+template <typename F>
+void RunInFiber(F fn) {
+  Latch done(1);
+  Go([&] {
+    fn();
+    done.Done();
+  });
+  done.Wait();
+}
+
+// W1 spawn: 1,000,000 fibers that only signal completion; wait for all.
+void BM_Sched_Spawn(benchmark::State& state) {
+  SetMaxProcs(static_cast<int>(state.range(0)));
+  constexpr int kFibers = 1'000'000;
+  for (auto _ : state) {
+    RunInFiber([] {
+      Latch wg(kFibers);
+      for (int i = 0; i < kFibers; ++i) Go([&wg] { wg.Done(); });
+      wg.Wait();
+    });
+  }
+  ReportPerOp(state, kFibers);
+}
+BENCHMARK(BM_Sched_Spawn)->Arg(1)->Arg(2)->UseRealTime()->Unit(benchmark::kMillisecond);
+
+// W6 yield: two fibers on one P, 5,000,000 yields each; ns per yield.
+void BM_Sched_Yield(benchmark::State& state) {
+  SetMaxProcs(1);
+  constexpr int kYields = 5'000'000;
+  for (auto _ : state) {
+    RunInFiber([] {
+      Latch wg(2);
+      for (int f = 0; f < 2; ++f) {
+        Go([&wg] {
+          for (int i = 0; i < kYields; ++i) Yield();
+          wg.Done();
+        });
+      }
+      wg.Wait();
+    });
+  }
+  ReportPerOp(state, 2 * kYields);
+}
+BENCHMARK(BM_Sched_Yield)->UseRealTime()->Unit(benchmark::kMillisecond);
+
+// Two fibers hand a token back and forth through the parking API.
+struct Mailbox {
+  sched_internal::Lock mu;
+  bool full = false;
+  ParkTicket waiter;
+
+  void Put() {
+    ParkTicket t;
+    {
+      std::lock_guard<sched_internal::Lock> l(mu);
+      full = true;
+      t = waiter;
+      waiter = {};
+    }
+    if (t) Unpark(t);
+  }
+  void Take() {
+    for (;;) {
+      mu.lock();
+      if (full) {
+        full = false;
+        mu.unlock();
+        return;
+      }
+      waiter = Parker::Current()->Prepare();
+      Park(waiter, WaitReason::kPark,
+           [](void* m) {
+             static_cast<sched_internal::Lock*>(m)->unlock();
+             return true;
+           },
+           &mu);
+    }
+  }
+};
+
+void BM_Sched_ParkUnparkPingPong(benchmark::State& state) {
+  SetMaxProcs(static_cast<int>(state.range(0)));
+  constexpr int kRounds = 1'000'000;
+  for (auto _ : state) {
+    RunInFiber([] {
+      Mailbox ping, pong;
+      Latch wg(1);
+      Go([&] {
+        for (int i = 0; i < kRounds; ++i) {
+          ping.Take();
+          pong.Put();
+        }
+        wg.Done();
+      });
+      for (int i = 0; i < kRounds; ++i) {
+        ping.Put();
+        pong.Take();
+      }
+      wg.Wait();
+    });
+  }
+  ReportPerOp(state, kRounds);
+}
+BENCHMARK(BM_Sched_ParkUnparkPingPong)->Arg(1)->Arg(2)->UseRealTime()->Unit(benchmark::kMillisecond);
+
+// Skewed load: 100,000 CPU-bound tasks all spawned by one fiber; stealing
+// spreads them over the Ps. Compare wall time at 1 and 2 Ps.
+__attribute__((noinline)) std::uint64_t Work(std::uint64_t seed) {
+  std::uint64_t x = seed;
+  for (int i = 0; i < 2000; ++i) x = x * 6364136223846793005ull + 1442695040888963407ull;
+  return x;
+}
+
+void BM_Sched_SkewedLoad(benchmark::State& state) {
+  SetMaxProcs(static_cast<int>(state.range(0)));
+  constexpr int kTasks = 100'000;
+  std::atomic<std::uint64_t> sink{0};
+  for (auto _ : state) {
+    RunInFiber([&] {
+      Latch wg(kTasks);
+      for (int i = 0; i < kTasks; ++i) {
+        Go([&wg, &sink, i] {
+          sink.fetch_add(Work(i), std::memory_order_relaxed);
+          wg.Done();
+        });
+      }
+      wg.Wait();
+    });
+  }
+  benchmark::DoNotOptimize(sink.load());
+  ReportPerOp(state, kTasks);
+}
+BENCHMARK(BM_Sched_SkewedLoad)->Arg(1)->Arg(2)->UseRealTime()->Unit(benchmark::kMillisecond);
+
+long PeakRssKb() {
+  rusage ru;
+  getrusage(RUSAGE_SELF, &ru);
+  return ru.ru_maxrss;
+}
+
+// W2 sleepers: 1,000,000 fibers each sleep 100 ms then signal. Wall time
+// and the growth of peak RSS. Run last: peak RSS only grows.
+void BM_Sched_MillionSleepers(benchmark::State& state) {
+  SetMaxProcs(static_cast<int>(state.range(0)));
+  constexpr int kFibers = 1'000'000;
+  long before = PeakRssKb();
+  for (auto _ : state) {
+    RunInFiber([] {
+      Latch wg(kFibers);
+      for (int i = 0; i < kFibers; ++i) {
+        Go([&wg] {
+          Sleep(absl::Milliseconds(100));
+          wg.Done();
+        });
+      }
+      wg.Wait();
+    });
+  }
+  state.counters["peak_rss_mb"] = PeakRssKb() / 1024.0;
+  state.counters["rss_growth_bytes_per_fiber"] =
+      (PeakRssKb() - before) * 1024.0 / kFibers;
+}
+BENCHMARK(BM_Sched_MillionSleepers)->Arg(2)->Iterations(1)->UseRealTime()->Unit(benchmark::kMillisecond);
+
+}  // namespace
+}  // namespace gort
