@@ -40,7 +40,7 @@ def gort_dependencies():
         "rules_java",
         path = "/usr/share/bazel/rules/java",  # Debian's bazel-rules-java
     )
-    _maybe(local_stub_repository, "remote_coverage_tools", build_file = "//third_party/remote_coverage_tools:BUILD.remote_coverage_tools")
+    _maybe(local_stub_repository, "remote_coverage_tools", build_file = Label("//third_party/remote_coverage_tools:BUILD.remote_coverage_tools"))
 
     # Libraries, from Debian's -dev packages.
     _maybe(system_absl, "com_google_absl")

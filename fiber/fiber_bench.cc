@@ -4,7 +4,13 @@
 //   CPUPROFILE=/tmp/fiber.prof bazel run --config=opt //fiber:fiber_bench
 //   google-pprof --text bazel-bin/fiber/fiber_bench /tmp/fiber.prof
 
+#include <sys/resource.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstring>
 #include <utility>
+#include <vector>
 
 #include "benchmark/benchmark.h"
 #include "fiber/fiber.h"
@@ -110,3 +116,64 @@ void BM_Fiber_RawContextSwitchRoundTrip(benchmark::State& state) {
 BENCHMARK(BM_Fiber_RawContextSwitchRoundTrip);
 }
 }
+
+namespace gort {
+namespace {
+
+// Current resident set size in bytes, from /proc/self/statm.
+long ResidentBytes() {
+  long pages_total = 0, pages_resident = 0;
+  if (FILE* f = std::fopen("/proc/self/statm", "r")) {
+    if (std::fscanf(f, "%ld %ld", &pages_total, &pages_resident) != 2) {
+      pages_resident = 0;
+    }
+    std::fclose(f);
+  }
+  return pages_resident * 4096;
+}
+
+__attribute__((noinline)) void TouchKilobyteAndSuspend() {
+  volatile char buf[1024];
+  std::memset(const_cast<char*>(buf), 1, sizeof(buf));
+  Fiber::Suspend();
+  buf[0] = 2;
+}
+
+// N live fibers at once, each having touched 1 KB of its (default, 256 KiB,
+// guard-paged) stack and suspended: RSS per fiber and the time to get there.
+void BM_Fiber_LiveFibers(benchmark::State& state) {
+  const int n = static_cast<int>(state.range(0));
+  ReleaseStackCache();
+  for (auto _ : state) {
+    const long rss_before = ResidentBytes();
+    auto start = std::chrono::steady_clock::now();
+    std::vector<Fiber*> fibers;
+    fibers.reserve(n);
+    for (int i = 0; i < n; ++i) {
+      Fiber* f = Fiber::Create(&TouchKilobyteAndSuspend);
+      f->Resume();
+      fibers.push_back(f);
+    }
+    double seconds = std::chrono::duration<double>(
+                         std::chrono::steady_clock::now() - start)
+                         .count();
+    const long rss_after = ResidentBytes();
+    state.counters["create_s"] = seconds;
+    state.counters["rss_bytes_per_fiber"] =
+        static_cast<double>(rss_after - rss_before) / n;
+    state.counters["rss_mb"] = rss_after / (1024.0 * 1024.0);
+    for (Fiber* f : fibers) {
+      f->Resume();
+      Fiber::Destroy(f);
+    }
+    ReleaseStackCache();
+  }
+}
+BENCHMARK(BM_Fiber_LiveFibers)
+    ->Arg(100'000)
+    ->Arg(1'000'000)
+    ->Iterations(1)
+    ->Unit(benchmark::kMillisecond);
+
+}  // namespace
+}  // namespace gort

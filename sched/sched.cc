@@ -95,13 +95,19 @@ struct Timer {
 // A P's timers: a binary min-heap on `when`, guarded by `lock`.
 struct TimerHeap {
   Lock lock;
-  std::vector<Timer*> heap;
+  // `when` is kept in the heap array itself (as Go does): sifting compares
+  // without touching the timers, which live on parked fibers' stacks.
+  struct Entry {
+    std::int64_t when;
+    Timer* timer;
+  };
+  std::vector<Entry> heap;
   std::atomic<std::int64_t> next_when{kNoDeadline};
 
   void Up(int i) {
     while (i > 0) {
       int parent = (i - 1) / 2;
-      if (heap[parent]->when <= heap[i]->when) break;
+      if (heap[parent].when <= heap[i].when) break;
       Swap(i, parent);
       i = parent;
     }
@@ -110,8 +116,8 @@ struct TimerHeap {
     const int n = static_cast<int>(heap.size());
     for (;;) {
       int l = 2 * i + 1, r = l + 1, m = i;
-      if (l < n && heap[l]->when < heap[m]->when) m = l;
-      if (r < n && heap[r]->when < heap[m]->when) m = r;
+      if (l < n && heap[l].when < heap[m].when) m = l;
+      if (r < n && heap[r].when < heap[m].when) m = r;
       if (m == i) break;
       Swap(i, m);
       i = m;
@@ -119,15 +125,15 @@ struct TimerHeap {
   }
   void Swap(int a, int b) {
     std::swap(heap[a], heap[b]);
-    heap[a]->index = a;
-    heap[b]->index = b;
+    heap[a].timer->index = a;
+    heap[b].timer->index = b;
   }
   // Called with `lock` held.
   void Add(Timer* t) {
     t->index = static_cast<int>(heap.size());
-    heap.push_back(t);
+    heap.push_back(Entry{t->when, t});
     Up(t->index);
-    next_when.store(heap[0]->when, std::memory_order_release);
+    next_when.store(heap[0].when, std::memory_order_release);
   }
   void Remove(Timer* t) {
     int i = t->index;
@@ -141,7 +147,7 @@ struct TimerHeap {
       Down(i);
       Up(i);
     }
-    next_when.store(heap.empty() ? kNoDeadline : heap[0]->when,
+    next_when.store(heap.empty() ? kNoDeadline : heap[0].when,
                     std::memory_order_release);
   }
 };
@@ -447,8 +453,8 @@ bool RunTimers(P* p, std::int64_t now) {
   {
     std::lock_guard<Lock> l(p->timers.lock);
     while (n < 64 && !p->timers.heap.empty() &&
-           p->timers.heap[0]->when <= now) {
-      Timer* t = p->timers.heap[0];
+           p->timers.heap[0].when <= now) {
+      Timer* t = p->timers.heap[0].timer;
       p->timers.Remove(t);
       fired[n++] = {t->parker, t->seq};
       // store-release: after this the owner may return and free `t`.
@@ -548,7 +554,7 @@ void MoveTimersToP0(P* p) {
   std::lock_guard<Lock> lt0(p0->timers.lock);
   std::lock_guard<Lock> lt(p->timers.lock);
   while (!p->timers.heap.empty()) {
-    Timer* t = p->timers.heap.back();
+    Timer* t = p->timers.heap.back().timer;
     p->timers.Remove(t);
     t->p.store(p0, std::memory_order_relaxed);  // both heaps locked
     p0->timers.Add(t);

@@ -2,7 +2,8 @@
 # Installs what gort needs on Debian 12 / Ubuntu: idempotent, prints what it installs.
 #
 #   tools/setup.sh            # build + test dependencies (Bazel, Abseil, GoogleTest, Benchmark, gperftools)
-#   tools/setup.sh --bench    # plus the comparison baselines (Go 1.19, Boost.Context/Fiber)
+#   tools/setup.sh --bench    # plus the comparison baselines (Go 1.19, Boost.Fiber)
+#   tools/setup.sh --cross    # plus the AArch64 cross-compiler and qemu-user (tools/check_aarch64.sh)
 set -euo pipefail
 
 pkgs=(
@@ -15,9 +16,13 @@ pkgs=(
   libgoogle-perftools-dev google-perftools  # @com_github_gperftools (profiler, tcmalloc) + google-pprof
   libboost-context-dev   # Boost.Context: the switch baseline in //fiber:fiber_bench
 )
-if [[ "${1:-}" == "--bench" ]]; then
-  pkgs+=(golang-go libboost-fiber-dev)
-fi
+for arg in "$@"; do
+  case "$arg" in
+    --bench) pkgs+=(golang-go libboost-fiber-dev) ;;
+    --cross) pkgs+=(g++-aarch64-linux-gnu qemu-user) ;;
+    *) echo "usage: tools/setup.sh [--bench] [--cross]" >&2; exit 2 ;;
+  esac
+done
 
 missing=()
 for p in "${pkgs[@]}"; do

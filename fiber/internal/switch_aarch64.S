@@ -55,7 +55,9 @@ gort_fiber_switch:
         .cfi_restore x29
         .cfi_restore x30
         mov     x0, x2
-        ret
+        // A branch, not `ret`: the return predictor would expect our own
+        // caller, always wrong for a switch (see switch_x86_64.S).
+        br      x30
         .cfi_endproc
         .size   gort_fiber_switch, .-gort_fiber_switch
 

@@ -32,9 +32,9 @@ def _local_rules_cc_impl(rctx):
 local_rules_cc = repository_rule(
     implementation = _local_rules_cc_impl,
     attrs = {
-        "_root_build": attr.label(default = "//third_party/rules_cc:root.BUILD"),
-        "_cc_build": attr.label(default = "//third_party/rules_cc:cc.BUILD"),
-        "_defs": attr.label(default = "//third_party/rules_cc:defs.bzl"),
+        "_root_build": attr.label(default = Label("//third_party/rules_cc:root.BUILD")),
+        "_cc_build": attr.label(default = Label("//third_party/rules_cc:cc.BUILD")),
+        "_defs": attr.label(default = Label("//third_party/rules_cc:defs.bzl")),
     },
     doc = "A tiny @rules_cc that forwards to Bazel's native C++ rules.",
 )
