@@ -17,6 +17,7 @@
 #include "fiber/fiber.h"
 #include "gtest/gtest.h"
 #include "sched/testing/latch.h"
+#include "sched/testing/runtime_test.h"
 
 namespace gort {
 namespace {
@@ -24,30 +25,12 @@ namespace {
 using testing::Latch;
 using sched_internal::Lock;
 
-#if defined(GORT_SANITIZED)
-constexpr int kScale = 10;
-#else
-constexpr int kScale = 1;
-#endif
+constexpr int kScale = testing::kStressScale;
 
-// Each test gets a fresh runtime with the parameter's number of Ps.
-class SchedTest : public ::testing::TestWithParam<int> {
- protected:
-  void SetUp() override {
-    RuntimeOptions options;
-    options.max_procs = GetParam();
-    Start(options);
-  }
-  void TearDown() override {
-    EXPECT_TRUE(Shutdown(absl::Seconds(60))) << "fibers leaked";
-    EXPECT_FALSE(Running());
-  }
-};
+class SchedTest : public testing::RuntimeTest {};
 
 INSTANTIATE_TEST_SUITE_P(Procs, SchedTest, ::testing::Values(1, 2, 4),
-                         [](const auto& info) {
-                           return "P" + std::to_string(info.param);
-                         });
+                         testing::ProcsName);
 
 long Tid() { return syscall(SYS_gettid); }
 

@@ -13,36 +13,21 @@
 #include "absl/time/time.h"
 #include "gtest/gtest.h"
 #include "sched/sched.h"
+#include "sched/testing/runtime_test.h"
 
 namespace gort {
 namespace {
 
 using sched_internal::Lock;
 
-#if defined(GORT_SANITIZED)
-constexpr int kScale = 10;
-#else
-constexpr int kScale = 1;
-#endif
+constexpr int kScale = testing::kStressScale;
 
 // Each test gets a fresh runtime with the parameter's number of Ps, and fails
 // if it leaks a fiber.
-class WaitGroupTest : public ::testing::TestWithParam<int> {
- protected:
-  void SetUp() override {
-    RuntimeOptions options;
-    options.max_procs = GetParam();
-    Start(options);
-  }
-  void TearDown() override {
-    EXPECT_TRUE(Shutdown(absl::Seconds(60))) << "fibers leaked";
-  }
-};
+class WaitGroupTest : public testing::RuntimeTest {};
 
 INSTANTIATE_TEST_SUITE_P(Procs, WaitGroupTest, ::testing::Values(1, 2, 4),
-                         [](const auto& info) {
-                           return "P" + std::to_string(info.param);
-                         });
+                         testing::ProcsName);
 
 // Number of live fibers parked in WaitGroup::Wait.
 int FibersInWait() {
