@@ -163,6 +163,16 @@ void Fiber::ExitTo(Fiber* to, AfterSwitch after, void* arg) {
   __builtin_unreachable();
 }
 
+void Fiber::SwapExceptionState(fiber_internal::EhGlobals* eh, Fiber* from,
+                               Fiber* to) {
+  from->eh_caught_ = eh->caught_exceptions;
+  from->eh_uncaught_ = eh->uncaught_exceptions;
+  eh->caught_exceptions = to->eh_caught_;
+  eh->uncaught_exceptions = to->eh_uncaught_;
+  to->eh_caught_ = nullptr;  // running: the thread's globals hold it
+  to->eh_uncaught_ = 0;
+}
+
 void Fiber::BadSwitch(Fiber* from, Fiber* to, bool exiting) {
   if (exiting && from->is_thread_fiber()) {
     fiber_internal::Fatal("Fiber::ExitTo called on a thread fiber");

@@ -228,6 +228,8 @@ class Fiber {
   static void SanitizerStartSwitch(Fiber* from, Fiber* to, bool exiting);
   static void SanitizerFinishSwitch(Fiber* from);
   [[noreturn]] static void BadSwitch(Fiber* from, Fiber* to, bool exiting);
+  static void SwapExceptionState(fiber_internal::EhGlobals* eh, Fiber* from,
+                                 Fiber* to);
   [[noreturn]] static void BadResume(Fiber* f);
   [[noreturn]] static void BadSuspend(Fiber* f);
 
@@ -276,11 +278,17 @@ inline void Fiber::SwitchImpl(Fiber* to, AfterSwitch after, void* arg,
                        0)) {
     BadSwitch(from, to, exiting);
   }
+  // Exception state moves only when there is some (a switch inside a catch
+  // block or during unwinding): a suspended fiber's eh_* fields hold its
+  // state, a running fiber's are zero, so the common case only loads.
   fiber_internal::EhGlobals* eh = ts->eh;
-  from->eh_caught_ = eh->caught_exceptions;
-  from->eh_uncaught_ = eh->uncaught_exceptions;
-  eh->caught_exceptions = to->eh_caught_;
-  eh->uncaught_exceptions = to->eh_uncaught_;
+  if (__builtin_expect((reinterpret_cast<std::uintptr_t>(eh->caught_exceptions) |
+                        eh->uncaught_exceptions |
+                        reinterpret_cast<std::uintptr_t>(to->eh_caught_) |
+                        to->eh_uncaught_) != 0,
+                       0)) {
+    SwapExceptionState(eh, from, to);
+  }
   from->state_ = exiting ? State::kFinished : State::kSuspended;
   to->state_ = State::kRunning;
   ts->current = to;
