@@ -1136,6 +1136,7 @@ void SysmonLoop() {
       std::int64_t{g_sched->options.sched_trace_ms} * 1'000'000;
   std::int64_t next_trace = trace_ns > 0 ? MonoNow() + trace_ns : kNoDeadline;
   const std::int64_t start = MonoNow();
+  std::int64_t next_stack_trim = start + 1'000'000'000;
   while (!g_sched->stopping.load(std::memory_order_acquire)) {
     bool long_sleep = delay_ns >= 1'000'000;
     g_sched->sysmon_idle_sleep.store(long_sleep, std::memory_order_release);
@@ -1185,6 +1186,12 @@ void SysmonLoop() {
           }
         }
       }
+    }
+    // Give back the pages of stacks pooled and unused for a whole second
+    // (Go's scavenger): bursts reuse warm stacks, idle RSS still shrinks.
+    if (now >= next_stack_trim) {
+      TrimIdleStacks();
+      next_stack_trim = now + 1'000'000'000;
     }
     // Overdue timers with nobody to run them: wake an M.
     if (EarliestTimer() < now - 1'000'000 &&

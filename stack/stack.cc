@@ -88,6 +88,8 @@ void SetStackPoolLimit(std::size_t stacks) {
 
 std::size_t GetStackPoolLimit() { return stack_internal::GetPoolLimit(); }
 
+void TrimIdleStacks(std::size_t keep) { stack_internal::TrimIdle(keep); }
+
 void PrepareThreadForStacks() {
   ThreadState& ts = stack_internal::tls_thread_state;
   if (ABSL_PREDICT_TRUE(ts.altstack_ready)) return;

@@ -35,10 +35,14 @@
 // - Freed stacks go to a per-thread cache (32 per size class, no locks, no
 //   syscalls), then to a shared pool per size class. Stacks are reused LIFO,
 //   so the next fiber gets the stack whose top pages are still in memory. The
-//   shared pool keeps up to SetStackPoolLimit() stacks (default 1024) per
+//   shared pool keeps up to SetStackPoolLimit() stacks (default 65536) per
 //   size class resident; past that it gives the pages of the least recently
 //   freed stacks back to the kernel with MADV_DONTNEED, one call per run of
-//   adjacent stacks, so RSS shrinks after a burst.
+//   adjacent stacks. Below it, TrimIdleStacks() (called every second by the
+//   scheduler's monitor) releases stacks that stayed unused for a whole
+//   period, down to 1024 per class, so RSS shrinks within ~2 s after a burst
+//   while a burst in progress keeps reusing warm stacks (a page faulted back
+//   in costs 10-20 us on this project's VM).
 //
 // Threading: Stack is a move-only value; a Stack object may be used by one
 // thread at a time, and may be moved to (and freed on) any other thread.
@@ -190,11 +194,20 @@ StackStats GetStackStats(bool measure_resident = true);
 // caches (at most 32 stacks per size class each) are left alone.
 void ReleaseStackCache();
 
-// Sets the high-water mark: each size class's shared pool keeps at most
+// Sets the hard high-water mark: each size class's shared pool keeps at most
 // `stacks` freed stacks resident (plus a slack of max(stacks/2, 16) before it
-// trims). Takes effect immediately. Default 1024.
+// trims). Takes effect immediately. Default 65536: below it, idle stacks are
+// released by TrimIdleStacks().
 void SetStackPoolLimit(std::size_t stacks);
 std::size_t GetStackPoolLimit();
+
+// Gives back the pages of pooled stacks that have not been reused since the
+// previous call, keeping `keep` per size class (default 1024) resident. Meant
+// to be called periodically (the scheduler's monitor does, every second), so
+// that a burst of fibers reuses warm stacks while it lasts and RSS shrinks
+// within about two periods after it: Go's scavenger, with a period. Any
+// thread; takes each class's pool lock briefly.
+void TrimIdleStacks(std::size_t keep = 1024);
 
 // Makes the calling thread ready to run code on these stacks: installs the
 // overflow handler (once per process) and an alternate signal stack for this

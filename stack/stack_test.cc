@@ -260,6 +260,38 @@ TEST(StackTest, PagesAreCommittedOnlyWhenTouched) {
             kStacks * kDefaultStackSize / 8);
 }
 
+// Stacks pooled during one period are kept; those still unused at the next
+// TrimIdleStacks() call lose their pages, down to `keep`.
+TEST(StackTest, TrimIdleStacksReleasesOnlyStacksIdleForAPeriod) {
+  ReleaseStackCache();
+  constexpr std::size_t kStacks = 300;
+  std::vector<std::pair<void*, std::size_t>> regions;
+  {
+    std::vector<Stack> stacks;
+    for (std::size_t i = 0; i < kStacks; ++i) {
+      stacks.push_back(Stack::Allocate());
+      std::memset(static_cast<char*>(stacks.back().top()) - 8192, 1, 8192);
+      regions.emplace_back(stacks.back().base(), stacks.back().size());
+    }
+  }  // all freed: most go to the shared pool, resident
+  ReleaseStackCache();  // (also flushes this thread's cache, then trims all)
+  std::vector<Stack> again;
+  for (std::size_t i = 0; i < kStacks; ++i) {
+    again.push_back(Stack::Allocate());
+    std::memset(static_cast<char*>(again.back().top()) - 8192, 1, 8192);
+  }
+  again.clear();
+  const StackStats pooled = GetStackStats(false);
+  TrimIdleStacks(16);  // starts the period: nothing was idle for one yet
+  EXPECT_EQ(GetStackStats(false).pooled_resident, pooled.pooled_resident);
+  TrimIdleStacks(16);  // idle for a whole period now
+  // 16 kept in the shared pool, plus what this thread's cache holds.
+  EXPECT_LE(GetStackStats(false).pooled_resident,
+            16u + stack_internal::kThreadCacheCapacity);
+  EXPECT_LT(GetStackStats(false).pooled_resident, pooled.pooled_resident);
+  ReleaseStackCache();
+}
+
 std::size_t StacksWithResidentPages(
     const std::vector<std::pair<void*, std::size_t>>& v) {
   std::size_t n = 0;

@@ -59,6 +59,9 @@ struct SharedPool {
   std::size_t carve_next = 0;            // guarded by mu
   std::size_t carved = 0;                // guarded by mu
   std::size_t pooled = 0;                // guarded by mu
+  // resident[0, idle_mark) were already pooled at the last TrimIdle() and
+  // have not been handed out since: idle for a whole period.
+  std::size_t idle_mark = 0;             // guarded by mu
 };
 
 void OnThreadExit(void* arg);
@@ -159,6 +162,7 @@ class Pool {
     std::copy(sp.resident.end() - from_resident, sp.resident.end(),
               out + from_trimmed);
     sp.resident.resize(sp.resident.size() - from_resident);
+    if (sp.idle_mark > sp.resident.size()) sp.idle_mark = sp.resident.size();
     const std::size_t got = from_resident + from_trimmed;
     sp.pooled -= got;
     if (trimmed != nullptr) *trimmed = static_cast<std::uint32_t>(from_trimmed);
@@ -226,6 +230,29 @@ class Pool {
     }
   }
 
+  // Releases the pages of resident stacks that stayed pooled since the
+  // previous call (the oldest first), keeping at least `keep` per class, and
+  // starts a new period. Go's scavenger, done with a period instead of a
+  // heap goal: a burst keeps its stacks warm while it lasts, and RSS falls
+  // back within two periods after it ends.
+  void TrimIdle(std::size_t keep) {
+    const std::uint32_t n = ClassCount();
+    for (std::uint32_t cls = 0; cls < n; ++cls) {
+      SharedPool& sp = shared_[cls];
+      std::vector<std::uintptr_t> victims;
+      {
+        std::lock_guard<SpinLock> lock(sp.mu);
+        const std::size_t size = sp.resident.size();
+        const std::size_t idle = std::min(sp.idle_mark, size);
+        const std::size_t excess = size > keep ? size - keep : 0;
+        const std::size_t k = std::min(idle, excess);
+        if (k > 0) TakeOldestLocked(sp, k, &victims);
+        sp.idle_mark = sp.resident.size();
+      }
+      if (!victims.empty()) TrimAndStore(cls, &victims);
+    }
+  }
+
   void SetLimit(std::size_t stacks) {
     limit_.store(stacks, std::memory_order_relaxed);
   }
@@ -279,6 +306,7 @@ class Pool {
                                std::vector<std::uintptr_t>* victims) {
     victims->assign(sp.resident.begin(), sp.resident.begin() + k);
     sp.resident.erase(sp.resident.begin(), sp.resident.begin() + k);
+    sp.idle_mark = sp.idle_mark > k ? sp.idle_mark - k : 0;
   }
 
   // Releases the usable pages of `victims` (one madvise per run of adjacent
@@ -429,6 +457,8 @@ void FreeSlow(ThreadState& ts, std::uintptr_t top, std::uint32_t cls) {
   }
   pool.PutBatch(cls, &top, 1);
 }
+
+void TrimIdle(std::size_t keep) { Pool::Get().TrimIdle(keep); }
 
 void ReleaseAll(ThreadState& ts) {
   Pool& pool = Pool::Get();

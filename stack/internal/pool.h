@@ -41,7 +41,12 @@ inline constexpr std::size_t kPrefaultBytes = 4096;
 inline constexpr std::uint32_t kCachedClasses = 8;
 
 // Default high-water mark: stacks each class's shared pool keeps resident.
-inline constexpr std::size_t kDefaultPoolLimit = 1024;
+// The shared pool's hard high-water mark per class: past it, freed stacks are
+// trimmed at once. Below it, stacks idle for a whole period are trimmed by
+// TrimIdleStacks() (the scheduler's monitor calls it every second) down to
+// kDefaultIdleKeep.
+inline constexpr std::size_t kDefaultPoolLimit = 65536;
+inline constexpr std::size_t kDefaultIdleKeep = 1024;
 
 // The shared pool trims when it holds more than limit + TrimSlack(limit)
 // resident stacks, releasing the oldest down to `limit`; the slack makes
@@ -95,6 +100,7 @@ void PrepareThread(ThreadState& ts);
 // Moves the calling thread's cached stacks to the shared pools and releases
 // the pages of every stack in every shared pool.
 void ReleaseAll(ThreadState& ts);
+void TrimIdle(std::size_t keep);
 
 void SetPoolLimit(std::size_t stacks);
 std::size_t GetPoolLimit();
