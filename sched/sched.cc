@@ -210,6 +210,7 @@ struct Sched {
   std::atomic<std::int64_t> ngo{0};
   std::atomic<std::int64_t> handoffs{0};
   std::atomic<std::int64_t> long_running{0};
+  std::atomic<std::int64_t> trace_lines{0};
   std::atomic<bool> stopping{false};
   std::atomic<M*> timer_sleeper{nullptr};
   std::atomic<std::int64_t> timer_sleeper_until{kNoDeadline};
@@ -1215,6 +1216,7 @@ void SysmonLoop() {
                    static_cast<long long>(s.fibers),
                    static_cast<long long>(s.handoffs),
                    static_cast<long long>(s.long_running), queues.c_str());
+      g_sched->trace_lines.fetch_add(1, std::memory_order_relaxed);
       next_trace = now + trace_ns;
     }
     // Go's backoff: 20 us while things happen, doubling to 10 ms when idle,
@@ -1583,6 +1585,7 @@ SchedStats GetSchedStats() {
   s.fibers = g_sched->ngo.load(std::memory_order_relaxed);
   s.handoffs = g_sched->handoffs.load(std::memory_order_relaxed);
   s.long_running = g_sched->long_running.load(std::memory_order_relaxed);
+  s.trace_lines = g_sched->trace_lines.load(std::memory_order_relaxed);
   return s;
 }
 

@@ -142,6 +142,7 @@ struct SchedStats {
   std::int64_t fibers;
   std::int64_t handoffs;          // Ps retaken from Blocking calls
   std::int64_t long_running;      // fibers reported running > 10 ms
+  std::int64_t trace_lines;       // scheduler trace lines printed
 };
 SchedStats GetSchedStats();
 

@@ -563,10 +563,16 @@ TEST(SchedLifecycleTest, SchedTracePrintsLines) {
   Start(options);
   Latch done(1);
   Go([&] {
-    gort::Sleep(absl::Milliseconds(30));
+    // Until the monitor has printed a line (it runs every 5 ms here; the
+    // bound only guards against a hang on a loaded machine).
+    std::int64_t give_up = MonoNow() + 30'000'000'000;
+    while (GetSchedStats().trace_lines < 1 && MonoNow() < give_up) {
+      gort::Sleep(absl::Milliseconds(5));
+    }
     done.Done();
   });
   done.Wait();
+  EXPECT_GE(GetSchedStats().trace_lines, 1);
   EXPECT_TRUE(Shutdown());
   std::string err = ::testing::internal::GetCapturedStderr();
   EXPECT_NE(err.find("SCHED "), std::string::npos) << err;
