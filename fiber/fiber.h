@@ -27,14 +27,15 @@
 //  - thread_local variables are per OS thread, not per fiber. A fiber that
 //    migrates sees the new thread's values, and the compiler must not cache
 //    a thread_local's address across a switch: read runtime thread-locals
-//    through functions marked GORT_TLS_ACCESSOR (Fiber::Current() is one).
+//    uncacheably: GORT_DECLARE_THREAD_LOCAL below, or functions marked
+//    GORT_TLS_ACCESSOR (Fiber::Current() reads its thread state that way).
 //
 // Memory: the fiber's control block lives inside the top of its own stack
 // (as Photon does), so a fiber costs its touched stack pages and nothing else.
 //
 // An exception that escapes a fiber's function terminates the process with
-// "fatal: uncaught exception in fiber <id>: <what()>", as an unrecovered panic
-// ends a Go program.
+// "fatal: uncaught exception in fiber <id> (<name>): <type>: <what()>", as
+// an unrecovered panic ends a Go program.
 
 #ifndef GORT_FIBER_FIBER_H_
 #define GORT_FIBER_FIBER_H_

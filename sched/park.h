@@ -34,8 +34,9 @@
 //    kTimedOut if no Unpark won by then.
 // Memory ordering: everything the unparker did before a winning Unpark(t)
 // is visible to the parked task when Park returns kUnparked.
-// Parker objects are never freed while the process runs (they are pooled
-// with their G or thread), so a stale ticket is always safe to Unpark.
+// Parker objects are never freed while the runtime runs (they are pooled
+// with their G or thread), so a stale ticket is always safe to Unpark. A
+// fiber's parker is freed by gort::Shutdown(): tickets must not outlive it.
 
 #ifndef GORT_SCHED_PARK_H_
 #define GORT_SCHED_PARK_H_

@@ -16,8 +16,10 @@
 //  - Push, PushNext and Pop are executed only by the owner thread, never
 //    concurrently with each other; each may run in parallel with any number
 //    of StealInto() calls from other threads.
-//  - Push never performs an atomic read-modify-write: it reads `head_`
-//    (acquire) and publishes with a store-release of `tail_`. Pop takes an
+//  - Push, unless the ring is full, performs no atomic read-modify-write:
+//    it reads `head_` (acquire) and publishes with a store-release of
+//    `tail_` (a full ring moves half of itself out with one CAS; PushNext
+//    is one exchange, since thieves may take runnext). Pop takes an
 //    element with one CAS on `head_`, because thieves consume from the same
 //    end (the queue is FIFO for fairness, as Go's is).
 // Memory ordering: everything the pusher did before Push(t) is visible to

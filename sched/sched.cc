@@ -188,7 +188,6 @@ struct M {
   bool spinning = false;
   bool in_blocking = false;
   G* locked_g = nullptr;
-  bool exiting = false;
   std::uint32_t rand = 0;
 };
 
@@ -704,12 +703,7 @@ nop:
       g_sched->timer_sleeper.store(nullptr, std::memory_order_release);
     }
     if (g_sched->stopping.load(std::memory_order_acquire)) return nullptr;
-    if (got_p) {
-      if (m->spinning) {
-        // Started spinning by WakeP.
-      }
-      goto top;
-    }
+    if (got_p) goto top;
     // Timed out: timers are due. Fire them; readied Gs go to the global
     // queue (we have no P), and WakeP starts an M for them.
     RunAllTimers(MonoNow());

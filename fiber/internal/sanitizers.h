@@ -21,9 +21,6 @@ void* __tsan_get_current_fiber(void);
 void* __tsan_create_fiber(unsigned flags);
 void __tsan_destroy_fiber(void* fiber);
 void __tsan_switch_to_fiber(void* fiber, unsigned flags);
-void __tsan_set_fiber_name(void* fiber, const char* name);
-void __tsan_acquire(void* addr);
-void __tsan_release(void* addr);
 }
 #endif
 
