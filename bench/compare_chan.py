@@ -1,0 +1,80 @@
+#!/usr/bin/env python3
+"""Runs //chan:chan_bench and the matching Go programs (bench/go/chan_*) in
+one go and prints medians and ratios gort/Go.
+
+    bench/compare_chan.py [--reps 3] [--filter REGEX]
+
+Needs Go (tools/setup.sh --bench installs Debian's golang-go). Every number
+it prints is measured in this run; nothing is remembered between runs.
+"""
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# gort benchmark name -> (Go program, its flags, the number Go prints)
+PAIRS = [
+    ("BM_Chan_PingPong/1/real_time", "chan_pingpong", ["-procs=1"], "ns_per_op"),
+    ("BM_Chan_PingPong/2/real_time", "chan_pingpong", ["-procs=2"], "ns_per_op"),
+    ("BM_Chan_Buffered/1/real_time", "chan_buffered", ["-producers=1"], "ns_per_op"),
+    ("BM_Chan_Buffered/4/real_time", "chan_buffered", ["-producers=4"], "ns_per_op"),
+    ("BM_Chan_Select/real_time", "chan_select", [], "ns_per_op"),
+    ("BM_Chan_ParkedMemory/iterations:1/real_time", "chan_parked", [], "rss_per_task_bytes"),
+]
+# Counters other than the per-op time, by benchmark name.
+COUNTER = {"BM_Chan_ParkedMemory/iterations:1/real_time": "rss_per_fiber_bytes"}
+
+
+def run(cmd, **kw):
+    return subprocess.run(cmd, check=True, capture_output=True, text=True, **kw)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--filter", default=".")
+    args = ap.parse_args()
+
+    run(["bazel", "build", "--config=opt", "//chan:chan_bench"], cwd=ROOT)
+    bin_dir = run(["bazel", "info", "--config=opt", "bazel-bin"], cwd=ROOT).stdout.strip()
+    with tempfile.TemporaryDirectory() as tmp:
+        gobin = {}
+        for prog in sorted({p for _, p, _, _ in PAIRS}):
+            out = os.path.join(tmp, prog)
+            run(["go", "build", "-o", out, "./" + prog], cwd=os.path.join(ROOT, "bench", "go"))
+            gobin[prog] = out
+
+        res = run([os.path.join(bin_dir, "chan", "chan_bench"),
+                   "--benchmark_filter=" + args.filter,
+                   "--benchmark_repetitions=%d" % args.reps,
+                   "--benchmark_format=json"])
+        gort = {}
+        for b in json.loads(res.stdout)["benchmarks"]:
+            if b.get("aggregate_name") != "median":
+                continue
+            name = b["run_name"]
+            gort[name] = b[COUNTER[name]] if name in COUNTER else b["ops"] * 1e9
+
+        print("%-46s %12s %12s %8s" % ("benchmark (medians of %d)" % args.reps, "gort", "Go", "gort/Go"))
+        for name, prog, flags, key in PAIRS:
+            if name not in gort:
+                continue
+            samples = []
+            for _ in range(args.reps):
+                out = run([gobin[prog]] + flags).stdout
+                samples.append(float(re.search(key + r" ([0-9.]+)", out).group(1)))
+            go = statistics.median(samples)
+            print("%-46s %12.1f %12.1f %8.2f" % (name, gort[name], go, gort[name] / go))
+        for name in sorted(gort):
+            if "Thread" in name:
+                print("%-46s %12.1f" % (name, gort[name]))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,323 @@
+#include "chan/chan.h"
+
+#include <algorithm>
+#include <cstdlib>
+#include <limits>
+#include <mutex>
+#include <new>
+#include <vector>
+
+// Invariants (compare Go's runtime/chan.go):
+//  - lock_ protects recvx_, count_, closed_, the buffer and both queues.
+//    count_ and closed_ are atomics only so that Len() and the fast checks
+//    may read them without the lock; they are written under it.
+//  - At least one of recvq_ and sendq_ is empty (ignoring select waiters
+//    whose select is already done, which Dequeue drops). Receivers wait only
+//    while the buffer is empty, senders only while it is full (for an
+//    unbuffered channel: always "empty" and "full").
+//  - Once closed_ is set, both queues are empty and stay empty: Close wakes
+//    every waiter, and nobody queues on a closed channel.
+//  - A queued Waiter is owned by its blocked task (it is on its stack). Only
+//    a task holding lock_ may complete it: Dequeue it, write its element and
+//    `success`, copy its ticket, and Unpark the ticket after unlocking. A
+//    waiter that wakes by its deadline takes lock_ and checks `queued`: still
+//    queued means it timed out (it removes itself); not queued means the
+//    operation was completed under the lock, so it is complete and visible.
+//    Either way the waiter's record is not touched by others afterwards.
+//  - A select's waiters sit in several queues at once; a completer claims
+//    the whole select by CAS on SelectState::done before touching it.
+
+namespace gort {
+
+ChanError::ChanError(Kind kind)
+    : std::logic_error(kind == Kind::kSendOnClosed    ? "send on closed channel"
+                       : kind == Kind::kCloseOfClosed ? "close of closed channel"
+                                                      : "close of nil channel"),
+      kind_(kind) {}
+
+namespace chan_internal {
+
+void ThrowChanError(ChanErrorKind kind) {
+  switch (kind) {
+    case ChanErrorKind::kSendOnClosed:
+      throw ChanError(ChanError::Kind::kSendOnClosed);
+    case ChanErrorKind::kCloseOfClosed:
+      throw ChanError(ChanError::Kind::kCloseOfClosed);
+    case ChanErrorKind::kCloseOfNil:
+      throw ChanError(ChanError::Kind::kCloseOfNil);
+  }
+  std::abort();
+}
+
+std::int64_t DeadlineAfter(absl::Duration timeout) {
+  if (timeout == absl::InfiniteDuration()) return sched_internal::kNoDeadline;
+  if (timeout <= absl::ZeroDuration()) return 0;
+  const std::int64_t ns = absl::ToInt64Nanoseconds(timeout);
+  const std::int64_t now = MonoNow();
+  if (ns >= sched_internal::kNoDeadline - now) return sched_internal::kNoDeadline;
+  return now + ns;
+}
+
+std::int64_t DeadlineAt(absl::Time deadline) {
+  if (deadline == absl::InfiniteFuture()) return sched_internal::kNoDeadline;
+  return DeadlineAfter(deadline - absl::Now());
+}
+
+// --- WaitQueue ---------------------------------------------------------------
+
+void WaitQueue::PushBack(Waiter* w) {
+  w->next = nullptr;
+  w->prev = tail_;
+  if (tail_ == nullptr) {
+    head_ = w;
+  } else {
+    tail_->next = w;
+  }
+  tail_ = w;
+  w->queued = true;
+}
+
+void WaitQueue::Remove(Waiter* w) {
+  if (w->prev == nullptr) {
+    head_ = w->next;
+  } else {
+    w->prev->next = w->next;
+  }
+  if (w->next == nullptr) {
+    tail_ = w->prev;
+  } else {
+    w->next->prev = w->prev;
+  }
+  w->prev = w->next = nullptr;
+  w->queued = false;
+}
+
+Waiter* WaitQueue::Dequeue() {
+  while (head_ != nullptr) {
+    Waiter* w = head_;
+    Remove(w);
+    if (w->select == nullptr) return w;
+    bool expected = false;
+    // acq_rel: orders this claim against the select's own (a timed select
+    // claims itself) and against other channels' claimers.
+    if (w->select->done.compare_exchange_strong(expected, true,
+                                                std::memory_order_acq_rel)) {
+      w->select->fired = w->case_index;
+      return w;
+    }
+    // Another channel won this select; it removes its other waiters itself.
+  }
+  return nullptr;
+}
+
+std::size_t WaitQueue::Count() const {
+  std::size_t n = 0;
+  for (Waiter* w = head_; w != nullptr; w = w->next) ++n;
+  return n;
+}
+
+// --- ChanCore ----------------------------------------------------------------
+
+namespace {
+
+// The core and its buffer share one allocation.
+std::size_t BufferOffset(std::size_t align) {
+  return (sizeof(ChanCore) + align - 1) / align * align;
+}
+std::align_val_t AllocAlign(const ElemOps* ops) {
+  return std::align_val_t(std::max(alignof(ChanCore), ops->align));
+}
+
+bool UnlockCore(void* c) {
+  static_cast<ChanCore*>(c)->lock_.unlock();
+  return true;
+}
+
+// Parks forever, or until `deadline` (operations on a nil channel).
+void BlockOnNil(WaitReason reason, std::int64_t deadline) {
+  if (deadline != sched_internal::kNoDeadline && deadline <= MonoNow()) return;
+  const ParkTicket t = Parker::Current()->Prepare();
+  while (Park(t, reason, nullptr, nullptr, deadline) != ParkResult::kTimedOut) {
+    // Nobody holds the ticket: only the deadline ends this park.
+  }
+}
+
+bool Expired(std::int64_t deadline) {
+  return deadline != sched_internal::kNoDeadline && MonoNow() >= deadline;
+}
+
+}  // namespace
+
+ChanCore* ChanCore::Create(const ElemOps* ops, std::size_t capacity) {
+  const std::size_t offset = BufferOffset(ops->align);
+  if (capacity > (std::numeric_limits<std::size_t>::max() - offset) / ops->size) {
+    throw std::length_error("gort::MakeChan: capacity too large");
+  }
+  void* mem = ::operator new(offset + capacity * ops->size, AllocAlign(ops));
+  return ::new (mem) ChanCore(ops, capacity, static_cast<char*>(mem) + offset);
+}
+
+ChanCore::ChanCore(const ElemOps* ops, std::size_t capacity, char* buf)
+    : ops_(ops), cap_(capacity), buf_(buf) {}
+
+void ChanCore::Destroy() {
+  // The last handle is gone, so no operation is in progress: no waiters.
+  const std::size_t n = count_.load(std::memory_order_relaxed);
+  for (std::size_t i = 0; i < n; ++i) ops_->destroy(Slot((recvx_ + i) % cap_));
+  const ElemOps* ops = ops_;
+  this->~ChanCore();
+  ::operator delete(static_cast<void*>(this), AllocAlign(ops));
+}
+
+bool ChanCore::TrySendLocked(void* src, PutFn put, ParkTicket* wake) {
+  if (Waiter* w = recvq_.Dequeue()) {
+    // Straight into the receiver's storage (Go's sendDirect).
+    put(src, w->elem);
+    w->success = true;
+    *wake = w->ticket;
+    return true;
+  }
+  const std::size_t n = count_.load(std::memory_order_relaxed);
+  if (n < cap_) {
+    std::size_t i = recvx_ + n;
+    if (i >= cap_) i -= cap_;
+    put(src, Slot(i));
+    count_.store(n + 1, std::memory_order_relaxed);
+    return true;
+  }
+  return false;
+}
+
+bool ChanCore::TryRecvLocked(void* dst, ParkTicket* wake) {
+  if (Waiter* w = sendq_.Dequeue()) {
+    if (cap_ == 0) {
+      w->put(w->elem, dst);  // straight from the sender's object
+    } else {
+      // The buffer is full: take its head, and put the sender's value in the
+      // slot that frees up, which is the new tail (Go's recv()).
+      ops_->relocate(dst, Slot(recvx_));
+      w->put(w->elem, Slot(recvx_));
+      if (++recvx_ == cap_) recvx_ = 0;
+    }
+    w->success = true;
+    *wake = w->ticket;
+    return true;
+  }
+  const std::size_t n = count_.load(std::memory_order_relaxed);
+  if (n > 0) {
+    ops_->relocate(dst, Slot(recvx_));
+    if (++recvx_ == cap_) recvx_ = 0;
+    count_.store(n - 1, std::memory_order_relaxed);
+    return true;
+  }
+  return false;
+}
+
+bool ChanCore::Send(ChanCore* c, void* src, PutFn put, std::int64_t deadline) {
+  if (c == nullptr) {
+    BlockOnNil(WaitReason::kChanNil, deadline);
+    return false;
+  }
+  c->lock_.lock();
+  if (c->closed_.load(std::memory_order_relaxed)) {
+    c->lock_.unlock();
+    ThrowChanError(ChanErrorKind::kSendOnClosed);
+  }
+  ParkTicket wake;
+  if (c->TrySendLocked(src, put, &wake)) {
+    c->lock_.unlock();
+    if (wake) Unpark(wake);
+    return true;
+  }
+  if (Expired(deadline)) {
+    c->lock_.unlock();
+    return false;
+  }
+  Waiter me;
+  me.ticket = Parker::Current()->Prepare();
+  me.elem = src;
+  me.put = put;
+  c->sendq_.PushBack(&me);
+  if (Park(me.ticket, WaitReason::kChanSend, &UnlockCore, c, deadline) ==
+      ParkResult::kTimedOut) {
+    std::lock_guard<sched_internal::Lock> l(c->lock_);
+    if (me.queued) {
+      c->sendq_.Remove(&me);
+      return false;
+    }
+    // Completed (or closed) under the lock before our timeout: done.
+  }
+  if (!me.success) ThrowChanError(ChanErrorKind::kSendOnClosed);
+  return true;
+}
+
+RecvStatus ChanCore::Recv(ChanCore* c, void* dst, std::int64_t deadline) {
+  if (c == nullptr) {
+    BlockOnNil(WaitReason::kChanNil, deadline);
+    return RecvStatus::kWouldBlock;
+  }
+  // Non-blocking receive on an empty, open channel: no lock (Go's fast
+  // path). Empty is read before closed: if the channel was empty and then
+  // seen open, it was both at the moment of the closed load.
+  if (deadline == 0 && c->count_.load(std::memory_order_acquire) == 0 &&
+      c->cap_ != 0 && !c->closed_.load(std::memory_order_acquire)) {
+    if (c->count_.load(std::memory_order_acquire) == 0) {
+      return RecvStatus::kWouldBlock;
+    }
+  }
+  c->lock_.lock();
+  ParkTicket wake;
+  if (c->TryRecvLocked(dst, &wake)) {
+    c->lock_.unlock();
+    if (wake) Unpark(wake);
+    return RecvStatus::kOk;
+  }
+  if (c->closed_.load(std::memory_order_relaxed)) {
+    c->lock_.unlock();
+    return RecvStatus::kClosed;
+  }
+  if (Expired(deadline)) {
+    c->lock_.unlock();
+    return RecvStatus::kWouldBlock;
+  }
+  Waiter me;
+  me.ticket = Parker::Current()->Prepare();
+  me.elem = dst;
+  c->recvq_.PushBack(&me);
+  if (Park(me.ticket, WaitReason::kChanReceive, &UnlockCore, c, deadline) ==
+      ParkResult::kTimedOut) {
+    std::lock_guard<sched_internal::Lock> l(c->lock_);
+    if (me.queued) {
+      c->recvq_.Remove(&me);
+      return RecvStatus::kWouldBlock;
+    }
+  }
+  return me.success ? RecvStatus::kOk : RecvStatus::kClosed;
+}
+
+void ChanCore::Close(ChanCore* c) {
+  if (c == nullptr) ThrowChanError(ChanErrorKind::kCloseOfNil);
+  std::vector<ParkTicket> wake;
+  c->lock_.lock();
+  if (c->closed_.load(std::memory_order_relaxed)) {
+    c->lock_.unlock();
+    ThrowChanError(ChanErrorKind::kCloseOfClosed);
+  }
+  c->closed_.store(true, std::memory_order_release);
+  for (WaitQueue* q : {&c->recvq_, &c->sendq_}) {
+    while (Waiter* w = q->Dequeue()) {
+      w->success = false;
+      wake.push_back(w->ticket);  // copied: *w may be gone after unlock
+    }
+  }
+  c->lock_.unlock();
+  for (const ParkTicket& t : wake) Unpark(t);
+}
+
+std::size_t ChanCore::WaitersForTest(bool senders) {
+  std::lock_guard<sched_internal::Lock> l(lock_);
+  return senders ? sendq_.Count() : recvq_.Count();
+}
+
+}  // namespace chan_internal
+}  // namespace gort

@@ -1,0 +1,201 @@
+// gort/chan/select.h: Go's select statement.
+//
+//   select {                          int v; bool ok;
+//   case v, ok := <-in:               switch (gort::Select(gort::Recv(in, &v, &ok),
+//       ...                                                gort::Send(out, x),
+//   case out <- x:                                         gort::Recv(done),
+//       ...                                                gort::Default())) {
+//   case <-done:                        case 0: ...; break;   // v, ok set
+//       return                          case 1: ...; break;   // x was sent
+//   default:                            case 2: return;
+//       ...                             case 3: ...; break;   // nothing ready
+//   }                                 }
+//
+// Select takes the cases in Go's order and returns the index of the one
+// that fired, so a ported select is a switch with the cases numbered in the
+// same order. Cases:
+//   Recv(ch)                  receive and discard
+//   Recv(ch, &v)              v = the value (T{} if closed, as Go's zero)
+//   Recv(ch, &v, &ok)         ok = false if the channel was closed (&v may
+//                             be nullptr)
+//   Recv(ch, &opt)            opt: std::optional<T>, nullopt if closed
+//   Send(ch, value)           send; `value` is moved from only if this case
+//                             fires (it is held by reference until then)
+//   Default()                 makes the select non-blocking
+//
+// Why cases and an index rather than a lambda per case: the switch keeps
+// the bodies in the caller's scope, where `break`, `return`, `continue` and
+// co_await-free control flow all mean what they mean in Go's select; no
+// allocation; and the case order on the page is Go's. Case objects hold
+// references and are meant to be written inside the Select(...) call.
+//
+// Semantics are Go's: if one or more cases can proceed, one is chosen
+// uniformly at random; if none can and there is no Default, the caller
+// parks until exactly one completes. A case on a nil channel never fires; a
+// receive on a closed channel is ready. A send case on a closed channel
+// throws ChanError (if chosen), as Go panics. A select with no cases (or only
+// nil channels) and no Default blocks forever. Channels are locked in
+// address order, so concurrent selects never deadlock.
+
+#ifndef GORT_CHAN_SELECT_H_
+#define GORT_CHAN_SELECT_H_
+
+#include <cstddef>
+#include <optional>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+
+#include "chan/chan.h"
+
+namespace gort {
+namespace chan_internal {
+
+// One case, type-erased.
+struct SelectCase {
+  ChanCore* chan = nullptr;  // null: a nil channel, never ready
+  bool is_send = false;
+  void* elem = nullptr;  // send: the sender's object; receive: raw storage
+  PutFn put = nullptr;   // send only
+};
+
+// Runs a select over `cases` (in the caller's order). Returns the index of
+// the case that fired, or -1 if none was ready and !block. For a receive
+// case, *received tells a value (true) from "closed" (false). Throws
+// ChanError for a send case on a closed channel.
+int SelectImpl(SelectCase* cases, int n, bool block, bool* received);
+
+template <typename T>
+class RecvCase {
+ public:
+  RecvCase(const Chan<T>& ch, T* out, bool* ok, std::optional<T>* opt)
+      : core_(CoreOf(ch)), out_(out), ok_(ok), opt_(opt) {}
+  SelectCase Describe() { return {core_, false, slot_.raw(), nullptr}; }
+  void Finish(bool received) {
+    if (ok_ != nullptr) *ok_ = received;
+    if (received) {
+      T v = slot_.Take();
+      if (out_ != nullptr) {
+        *out_ = std::move(v);
+      } else if (opt_ != nullptr) {
+        opt_->emplace(std::move(v));
+      }
+    } else {
+      if constexpr (std::is_default_constructible_v<T>) {
+        if (out_ != nullptr) *out_ = T{};
+      }
+      if (opt_ != nullptr) opt_->reset();
+    }
+  }
+
+ private:
+  ChanCore* core_;
+  T* out_;
+  bool* ok_;
+  std::optional<T>* opt_;
+  Slot<T> slot_;
+};
+
+template <typename T, typename U>
+class SendCase {
+ public:
+  SendCase(const Chan<T>& ch, U&& v)
+      : core_(CoreOf(ch)), src_(AddressOf(v)) {}
+  SelectCase Describe() { return {core_, true, src_, &PutFrom<T, U&&>}; }
+  void Finish(bool) {}
+
+ private:
+  ChanCore* core_;
+  void* src_;
+};
+
+struct DefaultCase {};
+
+template <typename C>
+inline constexpr bool kIsDefault =
+    std::is_same_v<std::remove_cvref_t<C>, DefaultCase>;
+
+template <typename Tuple, std::size_t... I>
+int SelectTuple(Tuple& cases, std::index_sequence<I...>) {
+  constexpr int kDefaults =
+      (0 + ... + (kIsDefault<std::tuple_element_t<I, Tuple>> ? 1 : 0));
+  static_assert(kDefaults <= 1, "gort::Select: more than one Default()");
+  constexpr int kN = sizeof...(I) - kDefaults;
+  // Position in the argument list of each channel case, and of Default.
+  constexpr auto kLayout = [] {
+    struct {
+      int pos[sizeof...(I) + 1] = {};
+      int default_pos = -1;
+    } l;
+    int k = 0;
+    ((kIsDefault<std::tuple_element_t<I, Tuple>> ? (l.default_pos = I)
+                                                 : (l.pos[k++] = I)),
+     ...);
+    return l;
+  }();
+  SelectCase descs[kN > 0 ? kN : 1];
+  {
+    int k = 0;
+    (
+        [&] {
+          if constexpr (!kIsDefault<std::tuple_element_t<I, Tuple>>) {
+            descs[k++] = std::get<I>(cases).Describe();
+          }
+        }(),
+        ...);
+  }
+  bool received = false;
+  const int fired = SelectImpl(descs, kN, kLayout.default_pos < 0, &received);
+  if (fired < 0) return kLayout.default_pos;
+  const int pos = kLayout.pos[fired];
+  (
+      [&] {
+        if constexpr (!kIsDefault<std::tuple_element_t<I, Tuple>>) {
+          if (pos == static_cast<int>(I)) std::get<I>(cases).Finish(received);
+        }
+      }(),
+      ...);
+  return pos;
+}
+
+}  // namespace chan_internal
+
+// Receive cases (see the header comment).
+template <typename T>
+chan_internal::RecvCase<T> Recv(const Chan<T>& ch) {
+  return {ch, nullptr, nullptr, nullptr};
+}
+template <typename T>
+chan_internal::RecvCase<T> Recv(const Chan<T>& ch,
+                                std::type_identity_t<T>* out,
+                                bool* ok = nullptr) {
+  return {ch, out, ok, nullptr};
+}
+template <typename T>
+chan_internal::RecvCase<T> Recv(
+    const Chan<T>& ch, std::optional<std::type_identity_t<T>>* out) {
+  return {ch, nullptr, nullptr, out};
+}
+
+// A send case. `v` is referenced, and moved from (if an rvalue) only if the
+// case fires.
+template <typename T, typename U>
+  requires std::is_constructible_v<T, U&&>
+chan_internal::SendCase<T, U> Send(const Chan<T>& ch, U&& v) {
+  return chan_internal::SendCase<T, U>(ch, std::forward<U>(v));
+}
+
+// The default case: Select returns its index if no other case is ready.
+inline chan_internal::DefaultCase Default() { return {}; }
+
+// Go's select over `cases`; returns the index of the case that fired.
+template <typename... Cases>
+int Select(Cases&&... cases) {
+  auto tuple = std::forward_as_tuple(cases...);
+  return chan_internal::SelectTuple(tuple,
+                                    std::index_sequence_for<Cases...>{});
+}
+
+}  // namespace gort
+
+#endif  // GORT_CHAN_SELECT_H_
