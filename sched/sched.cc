@@ -26,6 +26,7 @@
 #include <pthread.h>
 #include <sys/mman.h>
 #include <sched.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -595,12 +596,25 @@ G* StealWork(M* m) {
   int procs = g_sched->nallp.load(std::memory_order_acquire);
   P* self = m->p;
   auto local = self->runq.local();
+  bool backed_off = false;
   for (int round = 0; round < 4; ++round) {
     bool last = round == 3;
     std::uint32_t start = FastRand(m);
     for (int i = 0; i < procs; ++i) {
       P* victim = g_sched->allp[(start + i) % procs];
       if (victim == self) continue;
+      if (last && !backed_off &&
+          victim->status.load(std::memory_order_relaxed) == kPRunning &&
+          victim->runq.stealer().Size() == 0) {
+        // About to take a running P's runnext (Go's runqgrab): give its
+        // owner a moment to run it first. Without this pause, a fiber that
+        // readies its partner and then parks (channel ping-pong) has the
+        // partner stolen by the M it just woke, so every hand-off crosses
+        // threads and wakes an M. While we pause we count as spinning, so
+        // further readies wake nobody.
+        usleep(3);
+        backed_off = true;
+      }
       if (G* g = victim->runq.stealer().StealInto(local, last)) return g;
     }
     if (RunAllTimers(MonoNow())) {
