@@ -5,10 +5,12 @@
 #include <memory>
 
 // Invariants (compare Go's runtime/select.go):
-//  - Every channel of the select is locked, in address order (each distinct
-//    channel once), while the select polls the cases and while it queues its
-//    waiters; so the select sees one consistent state of all its channels,
-//    and two selects that share channels cannot deadlock.
+//  - A select first tries its cases one by one, each under its own lock
+//    (pass 0). Only if none is ready does it lock every channel, in address
+//    order (each distinct channel once), poll again and queue its waiters
+//    under those locks, so no case can become ready unnoticed between the
+//    poll and the queueing; locking in one global order means two selects
+//    that share channels cannot deadlock.
 //  - A blocked select has one Waiter per non-nil case, all with the same
 //    ticket and SelectState. The first completer claims SelectState::done
 //    under its channel's lock, completes that case, and unparks the ticket;
@@ -71,6 +73,25 @@ bool UnlockAllCommit(void* arg) {
   return true;
 }
 
+// Completes case `sc` if it is ready, with its channel locked by the
+// caller: 1 if it fired (*wake: whom to unpark after unlocking), 0 if it is
+// not ready, -1 for a send on a closed channel.
+int TryLocked(SelectCase& sc, bool* received, ParkTicket* wake) {
+  ChanCore* c = sc.chan;
+  if (sc.is_send) {
+    if (c->closed()) return -1;
+    if (!c->TrySendLocked(sc.elem, sc.put, wake)) return 0;
+    *received = false;
+  } else if (c->TryRecvLocked(sc.elem, wake)) {
+    *received = true;
+  } else if (c->closed()) {
+    *received = false;
+  } else {
+    return 0;
+  }
+  return 1;
+}
+
 }  // namespace
 
 int SelectImpl(SelectCase* cases, int n, bool block, bool* received) {
@@ -82,6 +103,27 @@ int SelectImpl(SelectCase* cases, int n, bool block, bool* received) {
     poll[i] = poll[j];
     poll[j] = i;
   }
+  // Pass 0: try the cases one at a time, in poll order, each under its own
+  // lock only. A ready case fires here with one lock taken instead of all
+  // of them. This is still Go's semantics: the select behaves as if it had
+  // polled the cases at the instants it looked at them, and when several
+  // are ready throughout, the random order picks each equally often.
+  for (int k = 0; k < n; ++k) {
+    const int i = poll[k];
+    ChanCore* c = cases[i].chan;
+    if (c == nullptr) continue;
+    ParkTicket wake;
+    c->lock_.lock();
+    const int r = TryLocked(cases[i], received, &wake);
+    c->lock_.unlock();
+    if (r < 0) ThrowChanError(ChanErrorKind::kSendOnClosed);
+    if (r > 0) {
+      if (wake) Unpark(wake);
+      return i;
+    }
+  }
+  if (!block) return -1;
+
   // Lock order: distinct non-nil channels by address.
   SmallArray<ChanCore*, 8> chans(n);
   int nchans = 0;
@@ -93,35 +135,19 @@ int SelectImpl(SelectCase* cases, int n, bool block, bool* received) {
                             chans.data());
   Locks locks{chans.data(), nchans};
 
-  // Pass 1: is a case ready?
+  // Pass 1: with every lock held, is a case ready now? (Then none can
+  // become ready before our waiters are queued.)
   locks.LockAll();
   for (int k = 0; k < n; ++k) {
     const int i = poll[k];
-    SelectCase& sc = cases[i];
-    ChanCore* c = sc.chan;
-    if (c == nullptr) continue;
+    if (cases[i].chan == nullptr) continue;
     ParkTicket wake;
-    if (sc.is_send) {
-      if (c->closed()) {
-        locks.UnlockAll();
-        ThrowChanError(ChanErrorKind::kSendOnClosed);
-      }
-      if (!c->TrySendLocked(sc.elem, sc.put, &wake)) continue;
-      *received = false;
-    } else if (c->TryRecvLocked(sc.elem, &wake)) {
-      *received = true;
-    } else if (c->closed()) {
-      *received = false;
-    } else {
-      continue;
-    }
+    const int r = TryLocked(cases[i], received, &wake);
+    if (r == 0) continue;
     locks.UnlockAll();
+    if (r < 0) ThrowChanError(ChanErrorKind::kSendOnClosed);
     if (wake) Unpark(wake);
     return i;
-  }
-  if (!block) {
-    locks.UnlockAll();
-    return -1;
   }
   const ParkTicket ticket = Parker::Current()->Prepare();
   if (nchans == 0) {
