@@ -71,8 +71,10 @@ def main():
                 samples.append(float(re.search(key + r" ([0-9.]+)", out).group(1)))
             go = statistics.median(samples)
             print("%-46s %12.1f %12.1f %8.2f" % (name, gort[name], go, gort[name] / go))
+        # Baselines with no Go counterpart: Boost.Fiber (when installed) and
+        # the thread ping-pong pair (gort channels vs mutex + condvar).
         for name in sorted(gort):
-            if "Thread" in name:
+            if "Thread" in name or "Boost" in name:
                 print("%-46s %12.1f" % (name, gort[name]))
 
 

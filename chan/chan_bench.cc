@@ -19,6 +19,11 @@
 
 #include "benchmark/benchmark.h"
 #include "chan/chan.h"
+#if defined(GORT_HAVE_BOOST_FIBER)
+#include <boost/fiber/buffered_channel.hpp>
+#include <boost/fiber/fiber.hpp>
+#include <boost/fiber/unbuffered_channel.hpp>
+#endif
 #include "chan/select.h"
 #include "sched/sched.h"
 
@@ -65,6 +70,54 @@ void BM_Chan_PingPong(benchmark::State& state) {
   ReportPerOp(state, kRounds);
 }
 BENCHMARK(BM_Chan_PingPong)->Arg(1)->Arg(2)->UseRealTime()->Unit(benchmark::kMillisecond);
+
+#if defined(GORT_HAVE_BOOST_FIBER)
+// Boost.Fiber 1.74 baselines, on the calling thread (Boost's default
+// round-robin scheduler): W4 ping-pong over unbuffered channels, and W5
+// buffered 1 -> 1 (Boost's buffered_channel needs a power-of-two capacity;
+// 128 is one).
+void BM_BoostFiber_PingPong(benchmark::State& state) {
+  constexpr int kRounds = 1'000'000;
+  for (auto _ : state) {
+    boost::fibers::unbuffered_channel<int> ping, pong;
+    boost::fibers::fiber f([&] {
+      int v;
+      for (int i = 0; i < kRounds; ++i) {
+        ping.pop(v);
+        pong.push(v);
+      }
+    });
+    int v;
+    for (int i = 0; i < kRounds; ++i) {
+      ping.push(i);
+      pong.pop(v);
+    }
+    f.join();
+  }
+  ReportPerOp(state, kRounds);
+}
+BENCHMARK(BM_BoostFiber_PingPong)->UseRealTime()->Unit(benchmark::kMillisecond);
+
+void BM_BoostFiber_Buffered(benchmark::State& state) {
+  constexpr int kItems = 10'000'000;
+  for (auto _ : state) {
+    boost::fibers::buffered_channel<int> ch(128);
+    boost::fibers::fiber producer([&] {
+      for (int i = 0; i < kItems; ++i) ch.push(i);
+    });
+    std::int64_t sum = 0;
+    int v;
+    for (int i = 0; i < kItems; ++i) {
+      ch.pop(v);
+      sum += v;
+    }
+    benchmark::DoNotOptimize(sum);
+    producer.join();
+  }
+  ReportPerOp(state, kItems);
+}
+BENCHMARK(BM_BoostFiber_Buffered)->UseRealTime()->Unit(benchmark::kMillisecond);
+#endif  // GORT_HAVE_BOOST_FIBER
 
 // W5 buffered: capacity 128, 10,000,000 ints from `producers` producers to
 // as many consumers, 2 Ps; ns per item.
