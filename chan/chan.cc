@@ -218,6 +218,7 @@ bool ChanCore::Send(ChanCore* c, void* src, PutFn put, std::int64_t deadline) {
     BlockOnNil(WaitReason::kChanNil, deadline);
     return false;
   }
+  if (deadline == 0 && c->ObviouslyNotReady(/*send=*/true)) return false;
   c->lock_.lock();
   if (c->closed_.load(std::memory_order_relaxed)) {
     c->lock_.unlock();
@@ -256,14 +257,9 @@ RecvStatus ChanCore::Recv(ChanCore* c, void* dst, std::int64_t deadline) {
     BlockOnNil(WaitReason::kChanNil, deadline);
     return RecvStatus::kWouldBlock;
   }
-  // Non-blocking receive on an empty, open channel: no lock (Go's fast
-  // path). Empty is read before closed: if the channel was empty and then
-  // seen open, it was both at the moment of the closed load.
-  if (deadline == 0 && c->count_.load(std::memory_order_acquire) == 0 &&
-      c->cap_ != 0 && !c->closed_.load(std::memory_order_acquire)) {
-    if (c->count_.load(std::memory_order_acquire) == 0) {
-      return RecvStatus::kWouldBlock;
-    }
+  // A non-blocking receive on an empty, open channel fails without the lock.
+  if (deadline == 0 && c->ObviouslyNotReady(/*send=*/false)) {
+    return RecvStatus::kWouldBlock;
   }
   c->lock_.lock();
   ParkTicket wake;

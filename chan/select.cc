@@ -111,7 +111,7 @@ int SelectImpl(SelectCase* cases, int n, bool block, bool* received) {
   for (int k = 0; k < n; ++k) {
     const int i = poll[k];
     ChanCore* c = cases[i].chan;
-    if (c == nullptr) continue;
+    if (c == nullptr || c->ObviouslyNotReady(cases[i].is_send)) continue;
     ParkTicket wake;
     c->lock_.lock();
     const int r = TryLocked(cases[i], received, &wake);

@@ -101,6 +101,20 @@ class ChanCore {
     if (refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) Destroy();
   }
 
+  // True if a send (or receive) on this buffered channel certainly cannot
+  // proceed now, judged without the lock: an open channel whose buffer is
+  // full (empty) has no waiting receivers (senders), since those wait only
+  // while the buffer is empty (full). Go's fast-path test for non-blocking
+  // operations. False when unsure (unbuffered channels: always).
+  bool ObviouslyNotReady(bool send) const {
+    if (cap_ == 0) return false;
+    // Count before closed: if the count was "not ready" and the channel was
+    // then still open, it was both at the moment closed_ was read.
+    const std::size_t n = count_.load(std::memory_order_acquire);
+    if (send ? n != cap_ : n != 0) return false;
+    return !closed_.load(std::memory_order_acquire);
+  }
+
   std::size_t capacity() const { return cap_; }
   std::size_t size() const { return count_.load(std::memory_order_relaxed); }
   bool closed() const { return closed_.load(std::memory_order_relaxed); }
