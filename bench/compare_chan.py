@@ -50,8 +50,8 @@ def main():
             run(["go", "build", "-o", out, "./" + prog], cwd=os.path.join(ROOT, "bench", "go"))
             gobin[prog] = out
 
-        res = run([os.path.join(bin_dir, "chan", "chan_bench"),
-                   "--benchmark_filter=" + args.filter,
+        bench = os.path.join(bin_dir, "chan", "chan_bench")
+        res = run([bench, "--benchmark_filter=" + args.filter,
                    "--benchmark_repetitions=%d" % args.reps,
                    "--benchmark_format=json"])
         gort = {}
@@ -59,7 +59,20 @@ def main():
             if b.get("aggregate_name") != "median":
                 continue
             name = b["run_name"]
-            gort[name] = b[COUNTER[name]] if name in COUNTER else b["ops"] * 1e9
+            if name not in COUNTER:
+                gort[name] = b["ops"] * 1e9
+        # Memory is measured in a fresh process each time: in the shared run,
+        # stacks and pages left resident by earlier benchmarks would be
+        # reused and hide the real cost per parked fiber.
+        for name, counter in COUNTER.items():
+            if not re.search(args.filter, name):
+                continue
+            samples = []
+            for _ in range(args.reps):
+                out = run([bench, "--benchmark_filter=^" + re.escape(name.split("/")[0]) + "/",
+                           "--benchmark_format=json"]).stdout
+                samples.append(json.loads(out)["benchmarks"][0][counter])
+            gort[name] = statistics.median(samples)
 
         print("%-46s %12s %12s %8s" % ("benchmark (medians of %d)" % args.reps, "gort", "Go", "gort/Go"))
         for name, prog, flags, key in PAIRS:

@@ -79,6 +79,14 @@ class RunQueue {
     // Returns the task it displaced, if any, which the caller must Push.
     // Executed only by the owner.
     T* PushNext(T* t) {
+      // Only the owner makes runnext non-null; thieves only take it (CAS to
+      // null). So an empty runnext stays empty until our store, and a plain
+      // store-release (no read-modify-write) publishes t, as the exchange
+      // would. This is the hand-off of every channel ping-pong.
+      if (q_->next_.load(std::memory_order_relaxed) == nullptr) {
+        q_->next_.store(t, std::memory_order_release);
+        return nullptr;
+      }
       return q_->next_.exchange(t, std::memory_order_acq_rel);
     }
 
