@@ -194,4 +194,15 @@ int SelectImpl(SelectCase* cases, int n, bool block, bool* received) {
 }
 
 }  // namespace chan_internal
+
+int SelectSet::Run(bool block) {
+  descs_.clear();
+  for (auto& c : cases_) descs_.push_back(c->Describe());
+  bool received = false;
+  const int fired =
+      chan_internal::SelectImpl(descs_.data(), size(), block, &received);
+  if (fired >= 0) cases_[fired]->Finish(received);
+  return fired;
+}
+
 }  // namespace gort

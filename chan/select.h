@@ -41,10 +41,12 @@
 #define GORT_CHAN_SELECT_H_
 
 #include <cstddef>
+#include <memory>
 #include <optional>
 #include <tuple>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 #include "chan/chan.h"
 
@@ -195,6 +197,84 @@ int Select(Cases&&... cases) {
   return chan_internal::SelectTuple(tuple,
                                     std::index_sequence_for<Cases...>{});
 }
+
+// A select whose cases are known only at run time (Go's reflect.Select),
+// e.g. a fan-in over a vector of channels:
+//
+//   gort::SelectSet set;
+//   std::vector<int> got(ins.size());
+//   std::vector<char> ok(ins.size());
+//   for (size_t i = 0; i < ins.size(); ++i) set.AddRecv(ins[i], &got[i], &ok[i]);
+//   int i = set.Select();        // blocks; set.TrySelect() returns -1 instead
+//
+// Cases are numbered in the order they were added. The pointers passed in
+// must stay valid while the set is used; a set may be selected on again.
+class SelectSet {
+ public:
+  template <typename T>
+  int AddRecv(const Chan<T>& ch, std::type_identity_t<T>* out = nullptr,
+              bool* ok = nullptr) {
+    return Add(std::make_unique<Holder<chan_internal::RecvCase<T>>>(
+        ch, out, ok, nullptr));
+  }
+  // Sends a copy of *value if this case fires (value must stay valid).
+  template <typename T>
+  int AddSend(const Chan<T>& ch, const std::type_identity_t<T>* value) {
+    return Add(std::make_unique<Holder<chan_internal::SendCase<T, const T&>>>(
+        ch, *value));
+  }
+  // Convenience for AddRecv with a `char` flag (std::vector<bool> has no
+  // bool*): *ok is set to 1 for a value, 0 for closed.
+  template <typename T>
+  int AddRecv(const Chan<T>& ch, std::type_identity_t<T>* out, char* ok) {
+    return Add(std::make_unique<CharOkHolder<T>>(ch, out, ok));
+  }
+
+  int size() const { return static_cast<int>(cases_.size()); }
+
+  // Blocks until a case fires; returns its index. With no cases, blocks
+  // forever (as `select {}`).
+  int Select() { return Run(/*block=*/true); }
+  // Returns the index of a ready case that fired, or -1 if none was ready.
+  int TrySelect() { return Run(/*block=*/false); }
+
+ private:
+  struct Case {
+    virtual ~Case() = default;
+    virtual chan_internal::SelectCase Describe() = 0;
+    virtual void Finish(bool received) = 0;
+  };
+  template <typename C>
+  struct Holder final : Case {
+    template <typename... A>
+    explicit Holder(A&&... a) : c(std::forward<A>(a)...) {}
+    chan_internal::SelectCase Describe() override { return c.Describe(); }
+    void Finish(bool received) override { c.Finish(received); }
+    C c;
+  };
+  template <typename T>
+  struct CharOkHolder final : Case {
+    CharOkHolder(const Chan<T>& ch, T* out, char* ok)
+        : c(ch, out, &flag, nullptr), ok(ok) {}
+    chan_internal::SelectCase Describe() override { return c.Describe(); }
+    void Finish(bool received) override {
+      c.Finish(received);
+      if (ok != nullptr) *ok = flag ? 1 : 0;
+    }
+    chan_internal::RecvCase<T> c;
+    bool flag = false;
+    char* ok;
+  };
+
+  int Add(std::unique_ptr<Case> c) {
+    cases_.push_back(std::move(c));
+    return size() - 1;
+  }
+  int Run(bool block);
+
+  std::vector<std::unique_ptr<Case>> cases_;
+  std::vector<chan_internal::SelectCase> descs_;
+};
 
 }  // namespace gort
 
