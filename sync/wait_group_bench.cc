@@ -17,9 +17,11 @@ benchmark::Counter TimePer(double items) {
 }
 
 // Fan-out/fan-in from a fiber: the main fiber (RunMain) starts N fibers that
-// each call Done(), then Waits.
+// each call Done(), then Waits; range(1) Ps. Go's counterpart is
+// bench/go/waitgroup (bench/compare_sync.py runs both).
 void BM_WaitGroup_FanOutFanIn(benchmark::State& state) {
   const int n = static_cast<int>(state.range(0));
+  SetMaxProcs(static_cast<int>(state.range(1)));
   for (auto _ : state) {
     RunMain([n] {
       WaitGroup wg;
@@ -33,7 +35,8 @@ void BM_WaitGroup_FanOutFanIn(benchmark::State& state) {
   state.counters["procs"] = MaxProcs();
 }
 BENCHMARK(BM_WaitGroup_FanOutFanIn)
-    ->Arg(100000)
+    ->Args({100000, 1})
+    ->Args({100000, 2})
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
 

@@ -74,6 +74,18 @@ _ABSL_TARGETS = {
     "utility": ["utility"],
 }
 
+# Targets whose libraries every binary that depends on them must load, even if
+# the binary itself never calls them. Tests link their cc_library deps as
+# shared objects (_solib_k8/lib*.so), and gold's --as-needed ignores the
+# references those make: without this, a test of //sync (which uses
+# absl::Status and absl::Now) that does not itself call Abseil fails to load
+# ("symbol lookup error"). Each entry: package -> {target: [libraries]}; the
+# libraries' own dependencies come with them (their DT_NEEDED entries).
+_ABSL_ALWAYS_LOADED = {
+    "status": {"status": ["absl_status"], "statusor": ["absl_status", "absl_statusor"]},
+    "time": {"time": ["absl_time"]},
+}
+
 def _system_absl_impl(rctx):
     libdir = _lib_dir(rctx, "libabsl_base.so")
     libs = []
@@ -93,8 +105,15 @@ cc_library(
 """.format(libopts = repr(["-l" + l for l in libs])))
     for pkg, targets in _ABSL_TARGETS.items():
         content = ['package(default_visibility = ["//visibility:public"])\n']
+        forced = _ABSL_ALWAYS_LOADED.get(pkg, {})
         for t in targets:
-            content.append('alias(name = "%s", actual = "//:absl")\n' % t)
+            if t in forced:
+                content.append(
+                    'cc_library(name = "%s", deps = ["//:absl"], linkopts = %s)\n' %
+                    (t, repr(["-Wl,--no-as-needed"] + ["-l" + l for l in forced[t]] + ["-Wl,--as-needed"])),
+                )
+            else:
+                content.append('alias(name = "%s", actual = "//:absl")\n' % t)
         rctx.file("absl/%s/BUILD.bazel" % pkg, "\n".join(content))
 
 system_absl = repository_rule(
