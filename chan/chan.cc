@@ -241,7 +241,7 @@ bool ChanCore::Send(ChanCore* c, void* src, PutFn put, std::int64_t deadline) {
   c->sendq_.PushBack(&me);
   if (Park(me.ticket, WaitReason::kChanSend, &UnlockCore, c, deadline) ==
       ParkResult::kTimedOut) {
-    std::lock_guard<sched_internal::SpinLock> l(c->lock_);
+    std::lock_guard<stack_internal::SpinLock> l(c->lock_);
     if (me.queued) {
       c->sendq_.Remove(&me);
       return false;
@@ -282,7 +282,7 @@ RecvStatus ChanCore::Recv(ChanCore* c, void* dst, std::int64_t deadline) {
   c->recvq_.PushBack(&me);
   if (Park(me.ticket, WaitReason::kChanReceive, &UnlockCore, c, deadline) ==
       ParkResult::kTimedOut) {
-    std::lock_guard<sched_internal::SpinLock> l(c->lock_);
+    std::lock_guard<stack_internal::SpinLock> l(c->lock_);
     if (me.queued) {
       c->recvq_.Remove(&me);
       return RecvStatus::kWouldBlock;
@@ -311,7 +311,7 @@ void ChanCore::Close(ChanCore* c) {
 }
 
 std::size_t ChanCore::WaitersForTest(bool senders) {
-  std::lock_guard<sched_internal::SpinLock> l(lock_);
+  std::lock_guard<stack_internal::SpinLock> l(lock_);
   return senders ? sendq_.Count() : recvq_.Count();
 }
 

@@ -15,7 +15,7 @@
 #include <cstdint>
 
 #include "sched/internal/futex.h"
-#include "sched/internal/spin_lock.h"
+#include "stack/internal/spinlock.h"
 #include "sched/park.h"
 
 namespace gort {
@@ -137,7 +137,7 @@ class ChanCore {
 
   // --- The steps the operations above and select (select.cc) are made
   // of. All are called with lock_ held and leave it held.
-  sched_internal::SpinLock lock_;
+  stack_internal::SpinLock lock_;
   // Completes a send if a receiver waits or there is room: returns true and
   // sets *wake to the receiver to Unpark once lock_ is released (or leaves
   // it empty). The closed check is the caller's.
