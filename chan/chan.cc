@@ -136,9 +136,10 @@ bool UnlockCore(void* c) {
 // Parks forever, or until `deadline` (operations on a nil channel).
 void BlockOnNil(WaitReason reason, std::int64_t deadline) {
   if (deadline != sched_internal::kNoDeadline && deadline <= MonoNow()) return;
-  const ParkTicket t = Parker::Current()->Prepare();
-  while (Park(t, reason, nullptr, nullptr, deadline) != ParkResult::kTimedOut) {
-    // Nobody holds the ticket: only the deadline ends this park.
+  Parker* self = Parker::Current();
+  // Nobody holds the ticket: only the deadline ends this park.
+  while (Park(self->Prepare(), reason, nullptr, nullptr, deadline) !=
+         ParkResult::kTimedOut) {
   }
 }
 
@@ -219,6 +220,8 @@ bool ChanCore::Send(ChanCore* c, void* src, PutFn put, std::int64_t deadline) {
     return false;
   }
   if (deadline == 0 && c->ObviouslyNotReady(/*send=*/true)) return false;
+  // Before the lock: a thread's first call may allocate its parker.
+  Parker* const self = Parker::Current();
   c->lock_.lock();
   if (c->closed_.load(std::memory_order_relaxed)) {
     c->lock_.unlock();
@@ -235,7 +238,7 @@ bool ChanCore::Send(ChanCore* c, void* src, PutFn put, std::int64_t deadline) {
     return false;
   }
   Waiter me;
-  me.ticket = Parker::Current()->Prepare();
+  me.ticket = self->Prepare();
   me.elem = src;
   me.put = put;
   c->sendq_.PushBack(&me);
@@ -254,13 +257,14 @@ bool ChanCore::Send(ChanCore* c, void* src, PutFn put, std::int64_t deadline) {
 
 RecvStatus ChanCore::Recv(ChanCore* c, void* dst, std::int64_t deadline) {
   if (c == nullptr) {
-    BlockOnNil(WaitReason::kChanNil, deadline);
+    BlockOnNil(WaitReason::kChanNilReceive, deadline);
     return RecvStatus::kWouldBlock;
   }
   // A non-blocking receive on an empty, open channel fails without the lock.
   if (deadline == 0 && c->ObviouslyNotReady(/*send=*/false)) {
     return RecvStatus::kWouldBlock;
   }
+  Parker* const self = Parker::Current();  // before the lock: may allocate
   c->lock_.lock();
   ParkTicket wake;
   if (c->TryRecvLocked(dst, &wake)) {
@@ -277,7 +281,7 @@ RecvStatus ChanCore::Recv(ChanCore* c, void* dst, std::int64_t deadline) {
     return RecvStatus::kWouldBlock;
   }
   Waiter me;
-  me.ticket = Parker::Current()->Prepare();
+  me.ticket = self->Prepare();
   me.elem = dst;
   c->recvq_.PushBack(&me);
   if (Park(me.ticket, WaitReason::kChanReceive, &UnlockCore, c, deadline) ==
@@ -293,17 +297,26 @@ RecvStatus ChanCore::Recv(ChanCore* c, void* dst, std::int64_t deadline) {
 
 void ChanCore::Close(ChanCore* c) {
   if (c == nullptr) ThrowChanError(ChanErrorKind::kCloseOfNil);
+  // The waiters' tickets are copied out under the lock (a record may be gone
+  // once the lock is released) into storage sized beforehand, so nothing
+  // allocates, and nothing can throw, while the lock is held.
   std::vector<ParkTicket> wake;
-  c->lock_.lock();
-  if (c->closed_.load(std::memory_order_relaxed)) {
+  for (;;) {
+    c->lock_.lock();
+    if (c->closed_.load(std::memory_order_relaxed)) {
+      c->lock_.unlock();
+      ThrowChanError(ChanErrorKind::kCloseOfClosed);
+    }
+    const std::size_t n = c->recvq_.Count() + c->sendq_.Count();
+    if (n <= wake.capacity()) break;
     c->lock_.unlock();
-    ThrowChanError(ChanErrorKind::kCloseOfClosed);
+    wake.reserve(2 * n);
   }
   c->closed_.store(true, std::memory_order_release);
   for (WaitQueue* q : {&c->recvq_, &c->sendq_}) {
     while (Waiter* w = q->Dequeue()) {
       w->success = false;
-      wake.push_back(w->ticket);  // copied: *w may be gone after unlock
+      wake.push_back(w->ticket);  // within capacity: no allocation
     }
   }
   c->lock_.unlock();

@@ -115,6 +115,7 @@ inline constexpr ElemOps kElemOps = {
 };
 
 // Constructs a T at dst from the sender's U (moving if U is an rvalue).
+// Used only where that construction cannot throw (see Chan::SendImpl).
 template <typename T, typename U>
 void PutFrom(void* src, void* dst) noexcept {
   ::new (dst) T(std::forward<U>(*static_cast<std::remove_reference_t<U>*>(src)));
@@ -182,9 +183,7 @@ class Chan {
   template <typename U = T>
     requires std::is_constructible_v<T, U&&>
   void Send(U&& v) const {
-    chan_internal::ChanCore::Send(core_, chan_internal::AddressOf(v),
-                                  &chan_internal::PutFrom<T, U&&>,
-                                  sched_internal::kNoDeadline);
+    SendImpl(std::forward<U>(v), sched_internal::kNoDeadline);
   }
 
   // Sends only if that needs no waiting (a receiver is waiting, or there is
@@ -193,8 +192,7 @@ class Chan {
   template <typename U = T>
     requires std::is_constructible_v<T, U&&>
   bool TrySend(U&& v) const {
-    return chan_internal::ChanCore::Send(core_, chan_internal::AddressOf(v),
-                                         &chan_internal::PutFrom<T, U&&>, 0);
+    return SendImpl(std::forward<U>(v), 0);
   }
 
   // Send, giving up (returning false, `v` untouched) after `timeout` / at
@@ -202,16 +200,12 @@ class Chan {
   template <typename U = T>
     requires std::is_constructible_v<T, U&&>
   bool SendFor(U&& v, absl::Duration timeout) const {
-    return chan_internal::ChanCore::Send(
-        core_, chan_internal::AddressOf(v), &chan_internal::PutFrom<T, U&&>,
-        chan_internal::DeadlineAfter(timeout));
+    return SendImpl(std::forward<U>(v), chan_internal::DeadlineAfter(timeout));
   }
   template <typename U = T>
     requires std::is_constructible_v<T, U&&>
   bool SendUntil(U&& v, absl::Time deadline) const {
-    return chan_internal::ChanCore::Send(
-        core_, chan_internal::AddressOf(v), &chan_internal::PutFrom<T, U&&>,
-        chan_internal::DeadlineAt(deadline));
+    return SendImpl(std::forward<U>(v), chan_internal::DeadlineAt(deadline));
   }
 
   // v, ok := <-ch. Blocks until a value arrives (returned) or the channel is
@@ -286,6 +280,25 @@ class Chan {
   friend chan_internal::ChanCore* chan_internal::CoreOf<T>(const Chan&);
   friend std::size_t chan_internal::WaitersForTest<T>(const Chan&, bool);
   explicit Chan(chan_internal::ChanCore* core) : core_(core) {}
+
+  // The element is constructed from `v` under the channel's lock, straight
+  // into its destination, when that cannot throw (moves, and copies of
+  // trivially copyable types). A construction that may throw (copying a
+  // std::string, say) is done first, into a temporary that is then moved:
+  // nothing throws while a lock is held, and an lvalue `v` stays untouched.
+  template <typename U>
+  bool SendImpl(U&& v, std::int64_t deadline) const {
+    if constexpr (std::is_nothrow_constructible_v<T, U&&>) {
+      return chan_internal::ChanCore::Send(core_, chan_internal::AddressOf(v),
+                                           &chan_internal::PutFrom<T, U&&>,
+                                           deadline);
+    } else {
+      T tmp(std::forward<U>(v));
+      return chan_internal::ChanCore::Send(core_, &tmp,
+                                           &chan_internal::PutFrom<T, T&&>,
+                                           deadline);
+    }
+  }
 
   RecvResult<T> RecvWithDeadline(std::int64_t deadline) const {
     chan_internal::Slot<T> slot;

@@ -39,7 +39,7 @@ struct Counted {
   static inline std::atomic<int> moves{0};
   int v = 0;
   explicit Counted(int x) : v(x) {}
-  Counted(const Counted& o) : v(o.v) { copies.fetch_add(1); }
+  Counted(const Counted& o) noexcept : v(o.v) { copies.fetch_add(1); }
   Counted(Counted&& o) noexcept : v(o.v) { moves.fetch_add(1); }
   Counted& operator=(const Counted&) = default;
   Counted& operator=(Counted&&) = default;
@@ -470,6 +470,42 @@ TEST_P(ChanTest, PingPongFiberAndThread) {
   }
   ping.Close();
   EXPECT_EQ(pong.Recv(), std::nullopt);
+}
+
+// A copy that may throw (std::string from an lvalue or a C string) is made
+// before any lock is taken; the source stays untouched.
+TEST_P(ChanTest, ThrowingCopiesAreMadeOutsideTheLock) {
+  Chan<std::string> buf = MakeChan<std::string>(2);
+  const std::string s = "lvalue";
+  buf.Send(s);
+  buf.Send("literal");
+  EXPECT_EQ(s, "lvalue");
+  EXPECT_EQ(buf.Recv(), "lvalue");
+  EXPECT_EQ(buf.Recv(), "literal");
+  Chan<std::string> unbuf = MakeChan<std::string>();
+  Go([&] { EXPECT_EQ(unbuf.Recv(), "lvalue"); });
+  unbuf.Send(s);
+  EXPECT_FALSE(unbuf.TrySend(s));
+  EXPECT_EQ(s, "lvalue");
+}
+
+TEST_P(ChanTest, NilReceiveAndSendShowTheirWaitReasons) {
+  Chan<int> nil;
+  std::atomic<int> stage{0};
+  Go([&] {
+    nil.RecvFor(absl::Milliseconds(200));
+    stage = 1;
+  });
+  bool seen = false;
+  while (!seen && stage.load() == 0) {
+    ForEachFiber([&](const FiberInfo& f) {
+      if (f.wait_reason == WaitReason::kChanNilReceive) seen = true;
+    });
+    std::this_thread::yield();
+  }
+  EXPECT_STREQ(WaitReasonString(WaitReason::kChanNilReceive),
+               "chan receive (nil chan)");
+  while (stage.load() == 0) std::this_thread::yield();
 }
 
 // The last handle frees buffered values.

@@ -99,9 +99,8 @@ int SelectImpl(SelectCase* cases, int n, bool block, bool* received) {
   // cases each is chosen with equal probability.
   SmallArray<int, 8> poll(n);
   for (int i = 0; i < n; ++i) {
-    const int j = RandN(i + 1);
-    poll[i] = poll[j];
-    poll[j] = i;
+    poll[i] = i;
+    std::swap(poll[i], poll[RandN(i + 1)]);
   }
   // Pass 0: try the cases one at a time, in poll order, each under its own
   // lock only. A ready case fires here with one lock taken instead of all
@@ -134,6 +133,12 @@ int SelectImpl(SelectCase* cases, int n, bool block, bool* received) {
   nchans = static_cast<int>(std::unique(chans.data(), chans.data() + nchans) -
                             chans.data());
   Locks locks{chans.data(), nchans};
+  // Everything that may allocate is done before the locks are taken: the
+  // waiter records (on the heap for more than 8 cases) and, on a thread's
+  // first park, its parker.
+  Parker* const self = Parker::Current();
+  SelectState state;
+  SmallArray<Waiter, 8> waiters(n);
 
   // Pass 1: with every lock held, is a case ready now? (Then none can
   // become ready before our waiters are queued.)
@@ -149,16 +154,15 @@ int SelectImpl(SelectCase* cases, int n, bool block, bool* received) {
     if (wake) Unpark(wake);
     return i;
   }
-  const ParkTicket ticket = Parker::Current()->Prepare();
   if (nchans == 0) {
     // select {} or only nil channels: forever.
-    while (Park(ticket, WaitReason::kSelectNoCases) != ParkResult::kTimedOut) {
+    while (Park(self->Prepare(), WaitReason::kSelectNoCases) !=
+           ParkResult::kTimedOut) {
     }
   }
 
   // Pass 2: queue a waiter on every channel, then park.
-  SelectState state;
-  SmallArray<Waiter, 8> waiters(n);
+  const ParkTicket ticket = self->Prepare();
   for (int i = 0; i < n; ++i) {
     SelectCase& sc = cases[i];
     if (sc.chan == nullptr) continue;

@@ -100,15 +100,33 @@ class RecvCase {
 
 template <typename T, typename U>
 class SendCase {
+  // As Chan::Send: a construction that may throw is done up front, into a
+  // temporary, so that nothing throws while the channel locks are held.
+  static constexpr bool kDirect = std::is_nothrow_constructible_v<T, U&&>;
+
  public:
-  SendCase(const Chan<T>& ch, U&& v)
-      : core_(CoreOf(ch)), src_(AddressOf(v)) {}
-  SelectCase Describe() { return {core_, true, src_, &PutFrom<T, U&&>}; }
+  SendCase(const Chan<T>& ch, U&& v) : core_(CoreOf(ch)) {
+    if constexpr (kDirect) {
+      src_ = AddressOf(v);
+    } else {
+      copy_.emplace(std::forward<U>(v));
+      src_ = &*copy_;
+    }
+  }
+  SendCase(const SendCase&) = delete;  // src_ may point into *this
+  SelectCase Describe() {
+    if constexpr (kDirect) {
+      return {core_, true, src_, &PutFrom<T, U&&>};
+    } else {
+      return {core_, true, src_, &PutFrom<T, T&&>};
+    }
+  }
   void Finish(bool) {}
 
  private:
   ChanCore* core_;
-  void* src_;
+  void* src_ = nullptr;
+  std::optional<T> copy_;  // used only if !kDirect
 };
 
 struct DefaultCase {};
@@ -207,21 +225,24 @@ int Select(Cases&&... cases) {
 //   for (size_t i = 0; i < ins.size(); ++i) set.AddRecv(ins[i], &got[i], &ok[i]);
 //   int i = set.Select();        // blocks; set.TrySelect() returns -1 instead
 //
-// Cases are numbered in the order they were added. The pointers passed in
-// must stay valid while the set is used; a set may be selected on again.
+// Cases are numbered in the order they were added. The set keeps its own
+// handle to each channel; the pointers passed in (out, ok, value) must stay
+// valid while the set is used. A set may be selected on again. (Pass no ok
+// rather than nullptr: AddRecv(ch, &v, nullptr) is ambiguous.)
 class SelectSet {
  public:
   template <typename T>
   int AddRecv(const Chan<T>& ch, std::type_identity_t<T>* out = nullptr,
               bool* ok = nullptr) {
-    return Add(std::make_unique<Holder<chan_internal::RecvCase<T>>>(
+    return Add(std::make_unique<Holder<T, chan_internal::RecvCase<T>>>(
         ch, out, ok, nullptr));
   }
   // Sends a copy of *value if this case fires (value must stay valid).
   template <typename T>
   int AddSend(const Chan<T>& ch, const std::type_identity_t<T>* value) {
-    return Add(std::make_unique<Holder<chan_internal::SendCase<T, const T&>>>(
-        ch, *value));
+    return Add(
+        std::make_unique<Holder<T, chan_internal::SendCase<T, const T&>>>(
+            ch, *value));
   }
   // Convenience for AddRecv with a `char` flag (std::vector<bool> has no
   // bool*): *ok is set to 1 for a value, 0 for closed.
@@ -244,25 +265,30 @@ class SelectSet {
     virtual chan_internal::SelectCase Describe() = 0;
     virtual void Finish(bool received) = 0;
   };
-  template <typename C>
+  // Each case keeps a handle to its channel: the set may outlive the
+  // caller's handles between Select calls.
+  template <typename T, typename C>
   struct Holder final : Case {
     template <typename... A>
-    explicit Holder(A&&... a) : c(std::forward<A>(a)...) {}
+    explicit Holder(const Chan<T>& ch, A&&... a)
+        : keep(ch), c(keep, std::forward<A>(a)...) {}
     chan_internal::SelectCase Describe() override { return c.Describe(); }
     void Finish(bool received) override { c.Finish(received); }
+    Chan<T> keep;
     C c;
   };
   template <typename T>
   struct CharOkHolder final : Case {
     CharOkHolder(const Chan<T>& ch, T* out, char* ok)
-        : c(ch, out, &flag, nullptr), ok(ok) {}
+        : keep(ch), c(keep, out, &flag, nullptr), ok(ok) {}
     chan_internal::SelectCase Describe() override { return c.Describe(); }
     void Finish(bool received) override {
       c.Finish(received);
       if (ok != nullptr) *ok = flag ? 1 : 0;
     }
-    chan_internal::RecvCase<T> c;
+    Chan<T> keep;
     bool flag = false;
+    chan_internal::RecvCase<T> c;
     char* ok;
   };
 

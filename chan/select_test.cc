@@ -99,6 +99,15 @@ TEST_P(SelectTest, SendCaseOnClosedChannelThrowsAndKeepsTheValue) {
   EXPECT_NE(p, nullptr);
 }
 
+TEST_P(SelectTest, SendCaseWithACopyThatMayThrow) {
+  Chan<std::string> ch = MakeChan<std::string>(1);
+  const std::string s = "copied";
+  EXPECT_EQ(Select(Send(ch, s), Default()), 0);
+  EXPECT_EQ(s, "copied");
+  EXPECT_EQ(Select(Send(ch, s), Default()), 1);  // full
+  EXPECT_EQ(ch.Recv(), "copied");
+}
+
 TEST_P(SelectTest, UnchosenSendCaseKeepsItsValue) {
   Chan<std::unique_ptr<int>> full = MakeChan<std::unique_ptr<int>>(1);
   full.Send(std::make_unique<int>(0));
@@ -342,6 +351,18 @@ TEST_P(SelectTest, AfterFuncRunsTheFunction) {
   EXPECT_FALSE(ran.load());
 }
 
+TEST_P(SelectTest, HugePeriodsDoNotOverflow) {
+  const std::size_t pending_before = chan_internal::PendingTimersForTest();
+  Ticker never(absl::InfiniteDuration());
+  Timer t = NewTimer(absl::InfiniteDuration());
+  EXPECT_EQ(never.C().RecvFor(absl::Milliseconds(20)).status,
+            RecvStatus::kWouldBlock);
+  EXPECT_EQ(t.C().TryRecv().status, RecvStatus::kWouldBlock);
+  EXPECT_TRUE(t.Stop());
+  never.Stop();
+  EXPECT_EQ(chan_internal::PendingTimersForTest(), pending_before);
+}
+
 TEST_P(SelectTest, TickerTicksUntilStopped) {
   const std::size_t pending_before = chan_internal::PendingTimersForTest();
   {
@@ -427,6 +448,16 @@ TEST_P(SelectTest, SelectSetFansIn) {
   std::vector<int> want(kChans * kPer);
   std::iota(want.begin(), want.end(), 0);
   EXPECT_EQ(all, want);
+
+  // The set keeps its channels alive after the caller's handles are gone.
+  SelectSet keeps;
+  {
+    Chan<int> tmp = MakeChan<int>(1);
+    tmp.Send(9);
+    keeps.AddRecv(tmp, &got[0]);
+  }
+  EXPECT_EQ(keeps.Select(), 0);
+  EXPECT_EQ(got[0], 9);
 
   SelectSet none;
   EXPECT_EQ(none.TrySelect(), -1);

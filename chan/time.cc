@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <exception>
 #include <limits>
 #include <mutex>
 #include <thread>
@@ -119,15 +120,21 @@ class TimerQueue {
         std::shared_ptr<TimerEntry> e = heap_[0];
         RemoveLocked(e.get());
         if (e->period > 0) {
-          // Next tick on the period grid after now (drops missed ticks).
-          e->when += e->period * (1 + (now - e->when) / e->period);
-          AddLocked(e);
+          // Next tick on the period grid after now (drops missed ticks),
+          // saturating: a period of years must not overflow.
+          const std::int64_t missed = (now - e->when) / e->period;
+          if (missed >= (kNoDeadline - e->when) / e->period - 1) {
+            e->when = kNoDeadline;
+          } else {
+            e->when += e->period * (1 + missed);
+          }
+          if (e->when != kNoDeadline) AddLocked(e);
         }
         due.push_back(std::move(e));
       }
       if (!due.empty()) {
         lock.unlock();
-        for (auto& e : due) e->fn();
+        for (auto& e : due) Invoke(*e);
         due.clear();
         continue;
       }
@@ -139,6 +146,19 @@ class TimerQueue {
       lock.lock();
       sleeping_until_ = std::numeric_limits<std::int64_t>::min();
       lock.unlock();
+    }
+  }
+
+  // Runs a timer's function. It must not throw: there is nobody to catch
+  // it on the timer thread, so an exception is a fatal error that says so.
+  static void Invoke(TimerEntry& e) {
+    try {
+      e.fn();
+    } catch (const std::exception& ex) {
+      fiber_internal::Fatal("gort::AfterFunc: the timer function threw: %s",
+                            ex.what());
+    } catch (...) {
+      fiber_internal::Fatal("gort::AfterFunc: the timer function threw");
     }
   }
 
@@ -228,7 +248,8 @@ Chan<absl::Time> After(absl::Duration d) { return NewTimer(d).C(); }
 
 Ticker::Ticker(absl::Duration period) : ch_(MakeChan<absl::Time>(1)) {
   const std::int64_t p = chan_internal::PeriodNs(period);
-  entry_ = StartTimer(MonoNow() + p, p, chan_internal::SendTime(ch_));
+  entry_ = StartTimer(chan_internal::WhenAfter(period), p,
+                      chan_internal::SendTime(ch_));
 }
 
 Ticker& Ticker::operator=(Ticker&& other) noexcept {
@@ -254,7 +275,7 @@ void Ticker::Reset(absl::Duration period) {
   std::lock_guard<sched_internal::Lock> l(Queue().lock);
   Queue().RemoveLocked(entry_.get());
   entry_->period = p;
-  entry_->when = MonoNow() + p;
+  entry_->when = chan_internal::WhenAfter(period);
   Queue().AddLocked(entry_);
 }
 

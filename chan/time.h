@@ -16,8 +16,9 @@
 // first use; it sleeps until the earliest timer. A timer's channel has
 // capacity 1 and the timer thread never blocks on it: a tick that finds the
 // channel full is dropped (Go's ticker does the same for slow receivers).
-// AfterFunc's function runs on that thread: it must be short and must not
-// block (start a fiber with gort::Go from it to do more). Only //sched:park
+// AfterFunc's function runs on that thread: it must be short, must not
+// block (start a fiber with gort::Go from it to do more) and must not throw
+// (an exception from it is a fatal error). Only //sched:park
 // is needed: these work with or without the scheduler.
 
 #ifndef GORT_CHAN_TIME_H_

@@ -37,6 +37,9 @@ struct ThreadParkerHolder {
     if (parker == nullptr) return;
     std::lock_guard<std::mutex> l(g_pool_mu);
     g_pool->push_back(parker);
+    // A later thread_local destructor of this thread that parks must not
+    // share the pooled parker with the thread that takes it next.
+    parker = nullptr;
   }
 };
 thread_local ThreadParkerHolder t_parker;
@@ -99,6 +102,7 @@ const char* WaitReasonString(WaitReason reason) {
     case WaitReason::kChanSend: return "chan send";
     case WaitReason::kChanReceive: return "chan receive";
     case WaitReason::kChanNil: return "chan send (nil chan)";
+    case WaitReason::kChanNilReceive: return "chan receive (nil chan)";
     case WaitReason::kSelect: return "select";
     case WaitReason::kSelectNoCases: return "select (no cases)";
     case WaitReason::kSleep: return "sleep";

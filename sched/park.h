@@ -53,7 +53,8 @@ enum class WaitReason : std::uint8_t {
   kNone,
   kChanSend,
   kChanReceive,
-  kChanNil,  // send/receive on a nil channel: forever
+  kChanNil,         // send on a nil channel: forever
+  kChanNilReceive,  // receive on a nil channel: forever
   kSelect,
   kSelectNoCases,
   kSleep,
