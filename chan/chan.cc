@@ -92,6 +92,12 @@ void WaitQueue::Remove(Waiter* w) {
   w->queued = false;
 }
 
+bool WaitQueue::RemoveIfQueued(Waiter* w) {
+  if (!w->queued) return false;
+  Remove(w);
+  return true;
+}
+
 Waiter* WaitQueue::Dequeue() {
   while (head_ != nullptr) {
     Waiter* w = head_;
@@ -220,8 +226,6 @@ bool ChanCore::Send(ChanCore* c, void* src, PutFn put, std::int64_t deadline) {
     return false;
   }
   if (deadline == 0 && c->ObviouslyNotReady(/*send=*/true)) return false;
-  // Before the lock: a thread's first call may allocate its parker.
-  Parker* const self = Parker::Current();
   c->lock_.lock();
   if (c->closed_.load(std::memory_order_relaxed)) {
     c->lock_.unlock();
@@ -238,17 +242,14 @@ bool ChanCore::Send(ChanCore* c, void* src, PutFn put, std::int64_t deadline) {
     return false;
   }
   Waiter me;
-  me.ticket = self->Prepare();
+  me.ticket = Parker::Current()->Prepare();
   me.elem = src;
   me.put = put;
   c->sendq_.PushBack(&me);
   if (Park(me.ticket, WaitReason::kChanSend, &UnlockCore, c, deadline) ==
       ParkResult::kTimedOut) {
     std::lock_guard<stack_internal::SpinLock> l(c->lock_);
-    if (me.queued) {
-      c->sendq_.Remove(&me);
-      return false;
-    }
+    if (c->sendq_.RemoveIfQueued(&me)) return false;
     // Completed (or closed) under the lock before our timeout: done.
   }
   if (!me.success) ThrowChanError(ChanErrorKind::kSendOnClosed);
@@ -264,7 +265,6 @@ RecvStatus ChanCore::Recv(ChanCore* c, void* dst, std::int64_t deadline) {
   if (deadline == 0 && c->ObviouslyNotReady(/*send=*/false)) {
     return RecvStatus::kWouldBlock;
   }
-  Parker* const self = Parker::Current();  // before the lock: may allocate
   c->lock_.lock();
   ParkTicket wake;
   if (c->TryRecvLocked(dst, &wake)) {
@@ -281,16 +281,13 @@ RecvStatus ChanCore::Recv(ChanCore* c, void* dst, std::int64_t deadline) {
     return RecvStatus::kWouldBlock;
   }
   Waiter me;
-  me.ticket = self->Prepare();
+  me.ticket = Parker::Current()->Prepare();
   me.elem = dst;
   c->recvq_.PushBack(&me);
   if (Park(me.ticket, WaitReason::kChanReceive, &UnlockCore, c, deadline) ==
       ParkResult::kTimedOut) {
     std::lock_guard<stack_internal::SpinLock> l(c->lock_);
-    if (me.queued) {
-      c->recvq_.Remove(&me);
-      return RecvStatus::kWouldBlock;
-    }
+    if (c->recvq_.RemoveIfQueued(&me)) return RecvStatus::kWouldBlock;
   }
   return me.success ? RecvStatus::kOk : RecvStatus::kClosed;
 }

@@ -73,6 +73,11 @@ bool UnlockAllCommit(void* arg) {
   return true;
 }
 
+// The queue a waiter for case `sc` goes in.
+WaitQueue& QueueOf(const SelectCase& sc) {
+  return sc.is_send ? sc.chan->sendq() : sc.chan->recvq();
+}
+
 // Completes case `sc` if it is ready, with its channel locked by the
 // caller: 1 if it fired (*wake: whom to unpark after unlocking), 0 if it is
 // not ready, -1 for a send on a closed channel.
@@ -133,9 +138,8 @@ int SelectImpl(SelectCase* cases, int n, bool block, bool* received) {
   nchans = static_cast<int>(std::unique(chans.data(), chans.data() + nchans) -
                             chans.data());
   Locks locks{chans.data(), nchans};
-  // Everything that may allocate is done before the locks are taken: the
-  // waiter records (on the heap for more than 8 cases) and, on a thread's
-  // first park, its parker.
+  // The waiter records are made before the locks are taken: for more than
+  // 8 cases they come from the heap, and nothing may throw under the locks.
   Parker* const self = Parker::Current();
   SelectState state;
   SmallArray<Waiter, 8> waiters(n);
@@ -172,7 +176,7 @@ int SelectImpl(SelectCase* cases, int n, bool block, bool* received) {
     w.put = sc.put;
     w.select = &state;
     w.case_index = i;
-    (sc.is_send ? sc.chan->sendq() : sc.chan->recvq()).PushBack(&w);
+    QueueOf(sc).PushBack(&w);
   }
   Park(ticket, WaitReason::kSelect, &UnlockAllCommit, &locks);
 
@@ -180,10 +184,8 @@ int SelectImpl(SelectCase* cases, int n, bool block, bool* received) {
   // success before unparking us); withdraw the others.
   locks.LockAll();
   for (int i = 0; i < n; ++i) {
-    SelectCase& sc = cases[i];
-    if (sc.chan != nullptr && waiters[i].queued) {
-      (sc.is_send ? sc.chan->sendq() : sc.chan->recvq()).Remove(&waiters[i]);
-    }
+    if (cases[i].chan == nullptr) continue;
+    QueueOf(cases[i]).RemoveIfQueued(&waiters[i]);
   }
   locks.UnlockAll();
   const int fired = state.fired;

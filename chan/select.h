@@ -36,6 +36,11 @@
 // throws ChanError (if chosen), as Go panics. A select with no cases (or only
 // nil channels) and no Default blocks forever. Channels are locked in
 // address order, so concurrent selects never deadlock.
+//
+// Threading: Select may be called from any fiber or plain thread, over
+// channels that other fibers and threads use at the same time; a blocked
+// fiber parks, a blocked thread sleeps. Memory ordering is the channels'
+// (chan.h): a fired case synchronizes exactly as the matching Send/Recv.
 
 #ifndef GORT_CHAN_SELECT_H_
 #define GORT_CHAN_SELECT_H_

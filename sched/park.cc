@@ -1,6 +1,9 @@
 #include "sched/park.h"
 
+#include <cstdio>
+#include <cstdlib>
 #include <mutex>
+#include <new>
 #include <vector>
 
 // Invariants:
@@ -54,7 +57,14 @@ __attribute__((noinline, noipa)) Parker* ThreadParker() {
       }
     }
     if (t_parker.parker == nullptr) {
-      t_parker.parker = new Parker(Parker::Kind::kThread);
+      // Once per thread. Callers may hold a spin lock (a channel's), so this
+      // must not throw: out of memory here is fatal.
+      t_parker.parker = new (std::nothrow) Parker(Parker::Kind::kThread);
+      if (t_parker.parker == nullptr) {
+        std::fputs("fatal: gort: out of memory for a thread's parker\n",
+                   stderr);
+        std::abort();
+      }
     }
   }
   return t_parker.parker;

@@ -89,7 +89,8 @@ class Parker {
   enum class Kind : std::uint8_t { kThread, kFiber };
 
   // The calling task's parker: its fiber's (when run by the scheduler) or
-  // its thread's. Cheap; valid for the task's life.
+  // its thread's. Cheap; valid for the task's life. Never throws, so it may
+  // be called with a spin lock held (a thread's first call allocates).
   static Parker* Current();
 
   // Starts a park cycle. Called only by the task that owns this parker.

@@ -76,6 +76,9 @@ class WaitQueue {
   bool empty() const { return head_ == nullptr; }
   void PushBack(Waiter* w);
   void Remove(Waiter* w);  // w must be queued here
+  // Removes w if it is still queued (here: a waiter is only ever in the
+  // queue it was pushed to); returns whether it was.
+  bool RemoveIfQueued(Waiter* w);
   // Removes and returns the first waiter that may be completed: a plain
   // waiter, or a select waiter whose select this call claimed (setting
   // `fired` to its case). Select waiters whose select is already done are
