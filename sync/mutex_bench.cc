@@ -115,10 +115,11 @@ BENCHMARK(BM_Mutex_ContendedTwoFibers)
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
 
-// The baseline: W7 with 8 std::threads and std::mutex.
-void BM_StdMutex_ContendedThreads(benchmark::State& state) {
+// W7 with 8 std::threads: any lockable `M`, by its lock()/unlock().
+template <typename M>
+void ContendedThreads(benchmark::State& state) {
   for (auto _ : state) {
-    std::mutex mu;
+    M mu;
     std::int64_t counter = 0;
     RunThreads([&](int) {
       for (int i = 0; i < kOpsPerTask; ++i) {
@@ -131,46 +132,27 @@ void BM_StdMutex_ContendedThreads(benchmark::State& state) {
   }
   ReportPerOp(state, std::int64_t{kTasks} * kOpsPerTask);
 }
+
+// The baseline: W7 with 8 std::threads and std::mutex.
+void BM_StdMutex_ContendedThreads(benchmark::State& state) {
+  ContendedThreads<std::mutex>(state);
+}
 BENCHMARK(BM_StdMutex_ContendedThreads)
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
 
 // W7 with 8 std::threads and gort::Mutex (its thread path: futex sleeps).
 void BM_Mutex_ContendedThreads(benchmark::State& state) {
-  for (auto _ : state) {
-    Mutex mu;
-    std::int64_t counter = 0;
-    RunThreads([&](int) {
-      for (int i = 0; i < kOpsPerTask; ++i) {
-        mu.Lock();
-        ++counter;
-        mu.Unlock();
-      }
-    });
-    benchmark::DoNotOptimize(counter);
-  }
-  ReportPerOp(state, std::int64_t{kTasks} * kOpsPerTask);
+  ContendedThreads<Mutex>(state);
 }
 BENCHMARK(BM_Mutex_ContendedThreads)
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
 
-// A Lock/Unlock pair on one thread, nobody else around: the fast paths.
-void BM_Mutex_Uncontended(benchmark::State& state) {
-  Mutex mu;
-  std::int64_t counter = 0;
-  for (auto _ : state) {
-    mu.Lock();
-    ++counter;
-    mu.Unlock();
-  }
-  benchmark::DoNotOptimize(counter);
-  ReportPerOp(state, 1);
-}
-BENCHMARK(BM_Mutex_Uncontended);
-
-void BM_StdMutex_Uncontended(benchmark::State& state) {
-  std::mutex mu;
+// A lock/unlock pair on one thread, nobody else around: the fast paths.
+template <typename M>
+void Uncontended(benchmark::State& state) {
+  M mu;
   std::int64_t counter = 0;
   for (auto _ : state) {
     mu.lock();
@@ -179,6 +161,15 @@ void BM_StdMutex_Uncontended(benchmark::State& state) {
   }
   benchmark::DoNotOptimize(counter);
   ReportPerOp(state, 1);
+}
+
+void BM_Mutex_Uncontended(benchmark::State& state) {
+  Uncontended<Mutex>(state);
+}
+BENCHMARK(BM_Mutex_Uncontended);
+
+void BM_StdMutex_Uncontended(benchmark::State& state) {
+  Uncontended<std::mutex>(state);
 }
 BENCHMARK(BM_StdMutex_Uncontended);
 
