@@ -4,8 +4,7 @@
 // and a mutex + condition_variable hand-off for the thread case.
 //
 //   bazel run --config=opt //chan:chan_bench
-//   CPUPROFILE=/tmp/chan.prof bazel run --config=opt //chan:chan_bench -- \
-//       --benchmark_filter=PingPong    # (one command)
+//   CPUPROFILE=/tmp/chan.prof bazel run --config=opt //chan:chan_bench -- --benchmark_filter=PingPong
 //
 // Per-item costs are the counter "ops" (inverted rate: seconds per op).
 
@@ -26,27 +25,13 @@
 #endif
 #include "chan/select.h"
 #include "sched/sched.h"
+#include "sched/testing/bench.h"
 
 namespace gort {
 namespace {
 
-void ReportPerOp(benchmark::State& state, std::int64_t ops_per_iteration) {
-  state.counters["ops"] = benchmark::Counter(
-      static_cast<double>(ops_per_iteration),
-      benchmark::Counter::kIsIterationInvariantRate |
-          benchmark::Counter::kInvert);
-}
-
-// Runs fn as a fiber and waits for it from this (plain) thread.
-template <typename F>
-void RunInFiber(F fn) {
-  Chan<int> done = MakeChan<int>(1);
-  Go([&] {
-    fn();
-    done.Send(0);
-  });
-  done.Recv();
-}
+using testing::ReportPerOp;
+using testing::RunInFiber;
 
 // W4 ping-pong: two fibers, unbuffered channels, 1,000,000 round trips.
 void BM_Chan_PingPong(benchmark::State& state) {
@@ -106,7 +91,7 @@ void BM_BoostFiber_Buffered(benchmark::State& state) {
       for (int i = 0; i < kItems; ++i) ch.push(i);
     });
     std::int64_t sum = 0;
-    int v;
+    int v = 0;
     for (int i = 0; i < kItems; ++i) {
       ch.pop(v);
       sum += v;

@@ -3,8 +3,7 @@
 // prints ratios).
 //
 //   bazel run --config=opt //sched:sched_bench
-//   CPUPROFILE=/tmp/sched.prof bazel run --config=opt //sched:sched_bench -- \
-//       --benchmark_filter=Spawn
+//   CPUPROFILE=/tmp/sched.prof bazel run --config=opt //sched:sched_bench -- --benchmark_filter=Spawn
 //   google-pprof --text bazel-bin/sched/sched_bench /tmp/sched.prof
 //
 // Each benchmark sets MaxProcs to its argument; the runtime stays up
@@ -20,6 +19,7 @@
 #include "benchmark/benchmark.h"
 #include "sched/park.h"
 #include "sched/sched.h"
+#include "sched/testing/bench.h"
 #include "sched/testing/latch.h"
 
 namespace gort {
@@ -27,24 +27,8 @@ namespace {
 
 using testing::Latch;
 
-// "ns_per_op": nanoseconds of wall time per operation.
-void ReportPerOp(benchmark::State& state, std::int64_t ops_per_iteration) {
-  state.counters["ops"] = benchmark::Counter(
-      static_cast<double>(ops_per_iteration),
-      benchmark::Counter::kIsIterationInvariantRate |
-          benchmark::Counter::kInvert);
-}
-
-// Runs fn as a fiber and waits for it from this (plain) thread.
-template <typename F>
-void RunInFiber(F fn) {
-  Latch done(1);
-  Go([&] {
-    fn();
-    done.Done();
-  });
-  done.Wait();
-}
+using testing::ReportPerOp;
+using testing::RunInFiber;
 
 // W1 spawn: 1,000,000 fibers that only signal completion; wait for all.
 void BM_Sched_Spawn(benchmark::State& state) {

@@ -18,6 +18,7 @@
 
 #include "benchmark/benchmark.h"
 #include "sched/sched.h"
+#include "sched/testing/bench.h"
 #include "sync/mutex.h"
 #include "sync/rw_mutex.h"
 #include "sync/wait_group.h"
@@ -28,13 +29,7 @@ namespace {
 constexpr int kTasks = 8;
 constexpr int kOpsPerTask = 1'000'000;
 
-// Seconds of wall time per operation (ops_per_iteration per iteration).
-void ReportPerOp(benchmark::State& state, std::int64_t ops_per_iteration) {
-  state.counters["ops"] =
-      benchmark::Counter(static_cast<double>(ops_per_iteration),
-                         benchmark::Counter::kIsIterationInvariantRate |
-                             benchmark::Counter::kInvert);
-}
+using testing::ReportPerOp;
 
 // Runs `body(task)` in kTasks fibers on the runtime's Ps and waits for them
 // from this thread.
