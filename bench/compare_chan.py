@@ -12,11 +12,10 @@ import json
 import os
 import re
 import statistics
-import subprocess
 import sys
 import tempfile
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from benchlib import build_go, build_gort, go_value, run
 
 # gort benchmark name -> (Go program, its flags, the number Go prints)
 PAIRS = [
@@ -31,24 +30,15 @@ PAIRS = [
 COUNTER = {"BM_Chan_ParkedMemory/iterations:1/real_time": "rss_per_fiber_bytes"}
 
 
-def run(cmd, **kw):
-    return subprocess.run(cmd, check=True, capture_output=True, text=True, **kw)
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--filter", default=".")
     args = ap.parse_args()
 
-    run(["bazel", "build", "--config=opt", "//chan:chan_bench"], cwd=ROOT)
-    bin_dir = run(["bazel", "info", "--config=opt", "bazel-bin"], cwd=ROOT).stdout.strip()
+    bin_dir = build_gort(["//chan:chan_bench"])
     with tempfile.TemporaryDirectory() as tmp:
-        gobin = {}
-        for prog in sorted({p for _, p, _, _ in PAIRS}):
-            out = os.path.join(tmp, prog)
-            run(["go", "build", "-o", out, "./" + prog], cwd=os.path.join(ROOT, "bench", "go"))
-            gobin[prog] = out
+        gobin = build_go([p for _, p, _, _ in PAIRS], tmp)
 
         bench = os.path.join(bin_dir, "chan", "chan_bench")
         res = run([bench, "--benchmark_filter=" + args.filter,
@@ -78,11 +68,7 @@ def main():
         for name, prog, flags, key in PAIRS:
             if name not in gort:
                 continue
-            samples = []
-            for _ in range(args.reps):
-                out = run([gobin[prog]] + flags).stdout
-                samples.append(float(re.search(key + r" ([0-9.]+)", out).group(1)))
-            go = statistics.median(samples)
+            go = statistics.median(go_value(gobin[prog], flags, key) for _ in range(args.reps))
             print("%-46s %12.1f %12.1f %8.2f" % (name, gort[name], go, gort[name] / go))
         # Baselines with no Go counterpart: Boost.Fiber (when installed) and
         # the thread ping-pong pair (gort channels vs mutex + condvar).

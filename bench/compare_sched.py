@@ -12,11 +12,10 @@ import json
 import os
 import re
 import statistics
-import subprocess
 import sys
 import tempfile
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from benchlib import build_go, build_gort, go_value, run
 
 # gort benchmark name -> (Go program, its flags)
 PAIRS = [
@@ -30,24 +29,15 @@ PAIRS = [
 ]
 
 
-def run(cmd, **kw):
-    return subprocess.run(cmd, check=True, capture_output=True, text=True, **kw)
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--filter", default="Spawn|Yield|PingPong|Skewed")
     args = ap.parse_args()
 
-    run(["bazel", "build", "--config=opt", "//sched:sched_bench"], cwd=ROOT)
-    bin_dir = run(["bazel", "info", "--config=opt", "bazel-bin"], cwd=ROOT).stdout.strip()
+    bin_dir = build_gort(["//sched:sched_bench"])
     with tempfile.TemporaryDirectory() as tmp:
-        gobin = {}
-        for prog in sorted({p for _, p, _ in PAIRS} | {"sleepers"}):
-            out = os.path.join(tmp, prog)
-            run(["go", "build", "-o", out, "./" + prog], cwd=os.path.join(ROOT, "bench", "go"))
-            gobin[prog] = out
+        gobin = build_go([p for _, p, _ in PAIRS], tmp)
 
         res = run([os.path.join(bin_dir, "sched", "sched_bench"),
                    "--benchmark_filter=" + args.filter,
@@ -62,11 +52,7 @@ def main():
         for name, prog, flags in PAIRS:
             if name not in gort or not re.search(args.filter, name):
                 continue
-            samples = []
-            for _ in range(args.reps):
-                out = run([gobin[prog]] + flags).stdout
-                samples.append(float(re.search(r"ns_per_op ([0-9.]+)", out).group(1)))
-            go = statistics.median(samples)
+            go = statistics.median(go_value(gobin[prog], flags) for _ in range(args.reps))
             rows.append((name, gort[name], go, gort[name] / go))
 
         print("%-44s %12s %12s %8s" % ("benchmark (medians of %d)" % args.reps, "gort ns/op", "Go ns/op", "gort/Go"))

@@ -14,13 +14,11 @@ it prints is measured in this run; nothing is remembered between runs.
 import argparse
 import json
 import os
-import re
 import statistics
-import subprocess
 import sys
 import tempfile
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from benchlib import build_go, build_gort, go_value, run
 
 # (label, gort binary, gort benchmark run name, gort counter, Go program, Go flags)
 # The counters are seconds of wall time per operation (kIsRate | kInvert).
@@ -59,10 +57,6 @@ GOALS = [
 ]
 
 
-def run(cmd, **kw):
-    return subprocess.run(cmd, check=True, capture_output=True, text=True, **kw)
-
-
 def gort_once(binary, bench_filter):
     """{run_name: benchmark entry} from one run of a benchmark binary."""
     res = run([binary, "--benchmark_filter=" + bench_filter, "--benchmark_format=json"])
@@ -75,15 +69,9 @@ def main():
     args = ap.parse_args()
     load_before = os.getloadavg()[0]
 
-    run(["bazel", "build", "--config=opt", "//sync:mutex_bench",
-         "//sync:wait_group_bench"], cwd=ROOT)
-    bin_dir = run(["bazel", "info", "--config=opt", "bazel-bin"], cwd=ROOT).stdout.strip()
+    bin_dir = build_gort(["//sync:mutex_bench", "//sync:wait_group_bench"])
     with tempfile.TemporaryDirectory() as tmp:
-        gobin = {}
-        for prog in sorted({p[4] for p in GO_PAIRS}):
-            out = os.path.join(tmp, prog)
-            run(["go", "build", "-o", out, "./" + prog], cwd=os.path.join(ROOT, "bench", "go"))
-            gobin[prog] = out
+        gobin = build_go([p[4] for p in GO_PAIRS], tmp)
 
         # One repetition of everything per round, gort and Go interleaved, so
         # that a slow spell of a shared machine hits both sides alike; the
@@ -97,9 +85,8 @@ def main():
                         if counter in b:
                             gort_samples.setdefault((name, counter), []).append(b[counter])
             for _, _, _, _, prog, flags in GO_PAIRS:
-                out = run([gobin[prog]] + flags).stdout
                 go_samples.setdefault((prog, tuple(flags)), []).append(
-                    float(re.search(r"^ns_per_op ([0-9.]+)", out, re.M).group(1)))
+                    go_value(gobin[prog], flags))
 
         def ns(name, counter="ops"):
             # seconds/op -> ns/op
