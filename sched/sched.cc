@@ -52,6 +52,7 @@ using fiber_internal::Fatal;
 constexpr int kMaxProcs = 256;
 constexpr int kGlobalQueueTick = 61;
 constexpr int kRunnextCap = 3;
+constexpr int kGFreeBatch = 32;  // Gs per free-list magazine
 constexpr std::int64_t kLongRunningNs = 10'000'000;
 constexpr std::int64_t kSyscallRetakeNs = 20'000;
 
@@ -62,27 +63,47 @@ enum class GStatus : std::uint8_t { kIdle, kRunnable, kRunning, kWaiting, kSysca
 
 struct ExitSignal {};  // thrown by Exit()
 
-struct G {
+// A G's first cache line holds exactly what Go() writes (fn, id, creation
+// site, status, schedlink), so a G spawned on one P and run on another moves
+// one line between cores; the rest is written by the M that runs it.
+struct alignas(64) G {
   G() : parker(Parker::Kind::kFiber, this) {}
-  Fiber* fiber = nullptr;
-  Parker parker;
-  absl::AnyInvocable<void() &&> fn;
+  ~G() {
+    if (task != nullptr) task(task_storage, /*run=*/false);
+  }
+  // --- Written by the spawner (Go). ---
+  TaskFn task = nullptr;  // owns task_storage's callable while non-null
   std::uint64_t id = 0;
-  std::atomic<GStatus> status{GStatus::kIdle};
-  G* schedlink = nullptr;  // global run queue / free lists
-  M* locked_m = nullptr;
-  int lock_count = 0;
+  G* schedlink = nullptr;  // free lists
   const char* created_file = nullptr;
   int created_line = 0;
-  int* main_result = nullptr;  // RunMain's fiber
-  absl::AnyInvocable<int() &&> main_fn;
+  std::atomic<GStatus> status{GStatus::kIdle};
+  // The callable: its first 24 bytes share the first cache line.
+  alignas(void*) unsigned char task_storage[kTaskInlineBytes];
+  // --- Written by the M that runs it. ---
+  Fiber* fiber = nullptr;
+  M* locked_m = nullptr;
+  int lock_count = 0;
+  Parker parker;
+  // RunMain's fiber only; null again once it finished.
+  int* main_result = nullptr;
   std::atomic<std::uint32_t>* main_done = nullptr;
+  absl::AnyInvocable<int() &&> main_fn;
   // The park in progress, for ParkHook (written by g before it switches).
   std::uint64_t park_seq = 0;
   ParkCommitFn park_commit = nullptr;
   void* park_commit_arg = nullptr;
   bool park_aborted = false;
+  // The global free list: a batch's first G links the next batch and
+  // knows its length.
+  G* batchlink = nullptr;
+  int batch_size = 0;
 };
+static_assert(sizeof(TaskFn) + 4 * sizeof(void*) + sizeof(int) +
+                      sizeof(GStatus) + 3 + 16 <=
+                  64,
+              "a small callable and G's other spawn-written fields must "
+              "share one cache line");
 
 struct Timer {
   std::int64_t when = 0;
@@ -167,8 +188,12 @@ struct P {
   std::atomic<std::uint64_t> sched_count{0};   // for the monitor
   std::atomic<std::uint64_t> syscall_count{0};
   std::atomic<std::uint64_t> current_g{0};
+  // Free Gs (Go's gFree), as two magazines of up to kGFreeBatch: `gfree`
+  // fills and drains one G at a time; `gfree_full` is a full spare. Whole
+  // magazines move to and from the global free list, one lock per batch.
   G* gfree = nullptr;
   int gfree_count = 0;
+  G* gfree_full = nullptr;
   TimerHeap timers;
   // The monitor's view.
   std::uint64_t seen_sched = 0, seen_syscall = 0;
@@ -192,10 +217,13 @@ struct M {
   std::uint32_t rand = 0;
 };
 
+struct GQueueChunk;
+
 struct Sched {
   Lock lock;
-  G* runq_head = nullptr;
-  G* runq_tail = nullptr;
+  GQueueChunk* runq_head = nullptr;  // see GlobRunqPutBatch
+  GQueueChunk* runq_tail = nullptr;
+  GQueueChunk* runq_spare_chunk = nullptr;
   std::atomic<std::int64_t> runq_size{0};
   P* pidle = nullptr;
   std::atomic<int> npidle{0};
@@ -207,8 +235,11 @@ struct Sched {
   // Ps ever made, [0, nallp): a P past `procs` may still hold work until
   // its M notices it retired, so stealing, timers and the monitor scan all.
   std::atomic<int> nallp{0};
-  std::atomic<std::int64_t> ngo{0};
-  std::atomic<std::int64_t> handoffs{0};
+  // Live Gs = created - exited. Two counters on separate cache lines, so
+  // that a spawner and the Ps its Gs exit on do not share one.
+  alignas(64) std::atomic<std::int64_t> ngo_created{0};
+  alignas(64) std::atomic<std::int64_t> ngo_exited{0};
+  alignas(64) std::atomic<std::int64_t> handoffs{0};
   std::atomic<std::int64_t> long_running{0};
   std::atomic<std::int64_t> trace_lines{0};
   std::atomic<bool> stopping{false};
@@ -222,7 +253,7 @@ struct Sched {
   char* arena_next = nullptr;
   char* arena_end = nullptr;
   Lock gfree_lock;
-  G* gfree = nullptr;
+  G* gfree = nullptr;  // full batches of kGFreeBatch, chained by batchlink
   std::atomic<std::uint64_t> goid{1};
   // The monitor.
   std::thread sysmon;
@@ -277,29 +308,84 @@ std::uint32_t FastRand(M* m) {
 
 // --- Global run queue (sched.lock held) --------------------------------------
 
-void GlobRunqPut(G* g) {
-  g->schedlink = nullptr;
-  if (g_sched->runq_tail) {
-    g_sched->runq_tail->schedlink = g;
-  } else {
-    g_sched->runq_head = g;
+// The global run queue is a FIFO of G pointers in chunks, not a list linked
+// through the Gs: taking a batch then reads contiguous pointers instead of
+// chasing one G's cache line to find the next (each line last written by
+// the spawning P: a serial cross-core miss per G).
+struct GQueueChunk {
+  static constexpr int kCapacity = 500;  // ~4 KB
+  GQueueChunk* next = nullptr;
+  int head = 0, tail = 0;
+  G* items[kCapacity];
+};
+
+GQueueChunk* NewChunk() {
+  if (GQueueChunk* c = g_sched->runq_spare_chunk) {
+    g_sched->runq_spare_chunk = nullptr;
+    return c;
   }
-  g_sched->runq_tail = g;
-  g_sched->runq_size.fetch_add(1, std::memory_order_seq_cst);
+  // sched.lock is a spin lock: no throwing (or waiting long) under it.
+  auto* c = new (std::nothrow) GQueueChunk;
+  if (c == nullptr) Fatal("gort: out of memory for the global run queue");
+  return c;
+}
+
+void FreeChunk(GQueueChunk* c) {
+  if (g_sched->runq_spare_chunk == nullptr) {
+    c->next = nullptr;
+    c->head = c->tail = 0;
+    g_sched->runq_spare_chunk = c;
+  } else {
+    delete c;
+  }
 }
 
 void GlobRunqPutBatch(G** gs, int n) {
-  for (int i = 0; i < n; ++i) GlobRunqPut(gs[i]);
+  for (int i = 0; i < n;) {
+    GQueueChunk* c = g_sched->runq_tail;
+    if (c == nullptr || c->tail == GQueueChunk::kCapacity) {
+      GQueueChunk* fresh = NewChunk();
+      if (c != nullptr) {
+        c->next = fresh;
+      } else {
+        g_sched->runq_head = fresh;
+      }
+      g_sched->runq_tail = c = fresh;
+    }
+    int k = std::min(n - i, GQueueChunk::kCapacity - c->tail);
+    std::copy(gs + i, gs + i + k, c->items + c->tail);
+    c->tail += k;
+    i += k;
+  }
+  g_sched->runq_size.fetch_add(n, std::memory_order_seq_cst);
+}
+
+void GlobRunqPut(G* g) { GlobRunqPutBatch(&g, 1); }
+
+// Takes up to n Gs, oldest first, into out. Returns how many.
+int GlobRunqTake(G** out, int n) {
+  int taken = 0;
+  while (taken < n) {
+    GQueueChunk* c = g_sched->runq_head;
+    if (c == nullptr) break;
+    int k = std::min(n - taken, c->tail - c->head);
+    std::copy(c->items + c->head, c->items + c->head + k, out + taken);
+    c->head += k;
+    taken += k;
+    if (c->head == c->tail && (c->tail == GQueueChunk::kCapacity ||
+                               c == g_sched->runq_tail)) {
+      g_sched->runq_head = c->next;
+      if (c == g_sched->runq_tail) g_sched->runq_tail = nullptr;
+      FreeChunk(c);
+    }
+  }
+  g_sched->runq_size.fetch_sub(taken, std::memory_order_relaxed);
+  return taken;
 }
 
 G* GlobRunqPop() {
-  G* g = g_sched->runq_head;
-  if (g == nullptr) return nullptr;
-  g_sched->runq_head = g->schedlink;
-  if (g_sched->runq_head == nullptr) g_sched->runq_tail = nullptr;
-  g_sched->runq_size.fetch_sub(1, std::memory_order_relaxed);
-  g->schedlink = nullptr;
-  return g;
+  G* g = nullptr;
+  return GlobRunqTake(&g, 1) == 1 ? g : nullptr;
 }
 
 // Takes a fair share of the global queue: returns one G and moves up to
@@ -311,12 +397,16 @@ G* GlobRunqGet(P* p, int max) {
   std::int64_t n = std::min<std::int64_t>(size, size / procs + 1);
   if (max > 0 && n > max) n = max;
   n = std::min<std::int64_t>(n, RunQueue<G>::capacity() / 2);
-  G* first = GlobRunqPop();
+  G* batch[RunQueue<G>::capacity() / 2];
+  int taken = GlobRunqTake(batch, static_cast<int>(n));
+  if (taken == 0) return nullptr;
+  // Their lines were last written elsewhere: fetch them all at once.
+  for (int i = 0; i < taken; ++i) __builtin_prefetch(batch[i], 1, 3);
+  G* first = batch[0];
   auto local = p->runq.local();
   RunQueue<G>::Overflow overflow;
-  for (std::int64_t i = 1; i < n; ++i) {
-    G* g = GlobRunqPop();
-    if (!local.Push(g, overflow)) {  // cannot happen: ring has room; be safe
+  for (int i = 1; i < taken; ++i) {
+    if (!local.Push(batch[i], overflow)) {  // cannot happen: ring has room
       GlobRunqPutBatch(overflow.items, overflow.count);
     }
   }
@@ -835,19 +925,45 @@ G* NewGStorage() {
 
 G* AllocG() {
   M* m = GetM();
-  if (m != nullptr && m->p != nullptr && !m->in_blocking &&
-      m->p->gfree != nullptr) {
-    P* p = m->p;
-    G* g = p->gfree;
-    p->gfree = g->schedlink;
-    --p->gfree_count;
-    g->schedlink = nullptr;
-    return g;
-  }
-  {
+  P* p = m != nullptr && !m->in_blocking ? m->p : nullptr;
+  if (p != nullptr) {
+    if (p->gfree == nullptr) {
+      if (p->gfree_full != nullptr) {
+        p->gfree = p->gfree_full;
+        p->gfree_full = nullptr;
+        p->gfree_count = kGFreeBatch;
+      } else {
+        std::lock_guard<Lock> l(g_sched->gfree_lock);
+        if (G* batch = g_sched->gfree) {
+          g_sched->gfree = batch->batchlink;
+          batch->batchlink = nullptr;
+          p->gfree = batch;
+          p->gfree_count = batch->batch_size;
+        }
+      }
+    }
+    if (G* g = p->gfree) {
+      p->gfree = g->schedlink;
+      --p->gfree_count;
+      g->schedlink = nullptr;
+      // The next AllocG's G, likely last written on another P: start
+      // fetching its line (for writing) while this G is set up.
+      if (p->gfree != nullptr) __builtin_prefetch(p->gfree, 1, 3);
+      return g;
+    }
+  } else {
+    // No P: take one G out of a global batch.
     std::lock_guard<Lock> l(g_sched->gfree_lock);
-    if (G* g = g_sched->gfree) {
-      g_sched->gfree = g->schedlink;
+    if (G* batch = g_sched->gfree) {
+      G* g = batch->schedlink;
+      if (g != nullptr) {  // leave the (now short) batch in place
+        batch->schedlink = g->schedlink;
+        --batch->batch_size;
+      } else {
+        g_sched->gfree = batch->batchlink;
+        batch->batchlink = nullptr;
+        g = batch;
+      }
       g->schedlink = nullptr;
       return g;
     }
@@ -858,28 +974,44 @@ G* AllocG() {
   return g;
 }
 
-// Executed on the M that ran g, with a P, after g's fiber is gone.
+// Executed on the M that ran g, after g's fiber is gone (or by AbortSpawn,
+// on any thread, for a G that never ran).
 void FreeG(G* g) {
   g->status.store(GStatus::kDead, std::memory_order_relaxed);
   g->fiber = nullptr;
   M* m = GetM();
-  P* p = m->p;
-  if (p != nullptr && p->gfree_count < 64) {
-    g->schedlink = p->gfree;
-    p->gfree = g;
-    ++p->gfree_count;
+  P* p = m != nullptr && !m->in_blocking ? m->p : nullptr;
+  if (p == nullptr) {
+    // A batch of one: batches may be short (see AllocG's no-P path).
+    std::lock_guard<Lock> l(g_sched->gfree_lock);
+    g->schedlink = nullptr;
+    g->batch_size = 1;
+    g->batchlink = g_sched->gfree;
+    g_sched->gfree = g;
     return;
   }
-  std::lock_guard<Lock> l(g_sched->gfree_lock);
-  g->schedlink = g_sched->gfree;
-  g_sched->gfree = g;
+  if (p->gfree_count == kGFreeBatch) {  // a full magazine: set it aside
+    G* spill = p->gfree_full;
+    p->gfree_full = p->gfree;
+    p->gfree = nullptr;
+    p->gfree_count = 0;
+    if (spill != nullptr) {
+      spill->batch_size = kGFreeBatch;
+      std::lock_guard<Lock> l(g_sched->gfree_lock);
+      spill->batchlink = g_sched->gfree;
+      g_sched->gfree = spill;
+    }
+  }
+  g->schedlink = p->gfree;
+  p->gfree = g;
+  ++p->gfree_count;
 }
 
 void GExitHook(Fiber* from, void*) {
   G* g = static_cast<G*>(from->user_data());
   Fiber::Destroy(from);
   FreeG(g);
-  g_sched->ngo.fetch_sub(1, std::memory_order_acq_rel);
+  g_sched->ngo_exited.fetch_add(1, std::memory_order_acq_rel);
 }
 
 // Runs on g's fiber after its function and captures are gone.
@@ -895,37 +1027,48 @@ void GExit(Fiber* self) {
 }
 
 void RunG(G* g) {
+  TaskFn task = g->task;
+  g->task = nullptr;  // the call below destroys it, even if it throws
   try {
     if (g->main_result != nullptr) {
       *g->main_result = std::move(g->main_fn)();
       g->main_fn = nullptr;
     } else {
-      auto fn = std::move(g->fn);
-      std::move(fn)();
+      task(g->task_storage, /*run=*/true);
     }
   } catch (const ExitSignal&) {
-    g->fn = nullptr;
     g->main_fn = nullptr;
   }
-  if (g->main_done != nullptr) NoteWakeup(g->main_done);
+  if (auto* done = g->main_done) {
+    g->main_result = nullptr;  // a reused G starts with them null
+    g->main_done = nullptr;
+    NoteWakeup(done);
+  }
 }
 
 void EnsureStarted();
 
-G* NewG(absl::AnyInvocable<void() &&> fn, std::source_location site) {
-  G* g = AllocG();
+// Gs created and not yet exited. Reading `exited` first never undercounts;
+// 0 means that at the first load no G was alive (and none was created
+// before the second, as only a live G or a plain thread creates one).
+std::int64_t LiveGs() {
+  std::int64_t exited = g_sched->ngo_exited.load(std::memory_order_acquire);
+  return g_sched->ngo_created.load(std::memory_order_acquire) - exited;
+}
+
+// Makes g (from AllocG, its task stored) a live, runnable-to-be G.
+void InitG(G* g, TaskFn task, std::source_location site) {
+  g->task = task;
   g->id = g_sched->goid.fetch_add(1, std::memory_order_relaxed);
-  g->fn = std::move(fn);
   g->created_file = site.file_name();
   g->created_line = static_cast<int>(site.line());
-  g->main_result = nullptr;
-  g->main_done = nullptr;
   // No fiber (and no stack) until the G first runs: see EnsureFiber.
-  g_sched->ngo.fetch_add(1, std::memory_order_relaxed);
+  g_sched->ngo_created.fetch_add(1, std::memory_order_relaxed);
   // store-release: ForEachFiber reads the fields above once it sees this.
   g->status.store(GStatus::kRunnable, std::memory_order_release);
-  return g;
 }
+
+void NoopTask(void*, bool) {}  // RunMain's G runs main_fn instead
 
 // --- Parking hooks ------------------------------------------------------------------
 
@@ -1373,7 +1516,7 @@ bool Shutdown(absl::Duration timeout) {
   std::lock_guard<std::mutex> l(g_start_mu);
   if (!g_running.load(std::memory_order_acquire)) return true;
   absl::Time deadline = absl::Now() + timeout;
-  while (g_sched->ngo.load(std::memory_order_acquire) > 0) {
+  while (LiveGs() > 0) {
     if (absl::Now() >= deadline) return false;
     absl::SleepFor(absl::Milliseconds(1));
   }
@@ -1394,16 +1537,38 @@ bool Shutdown(absl::Duration timeout) {
   for (G* g : g_sched->allg) g->~G();
   for (void* arena : g_sched->arenas) munmap(arena, 32u << 20);
   for (P* p : g_sched->allp) delete p;
+  while (GQueueChunk* c = g_sched->runq_head) {  // empty, or abandoned Gs
+    g_sched->runq_head = c->next;
+    delete c;
+  }
+  delete g_sched->runq_spare_chunk;
   delete g_sched;
   g_sched = nullptr;
   g_running.store(false, std::memory_order_release);
   return true;
 }
 
-void Go(absl::AnyInvocable<void() &&> fn, std::source_location site) {
+namespace sched_internal {
+
+SpawnSlot BeginSpawn() {
   EnsureStarted();
-  Spawn(NewG(std::move(fn), site));
+  G* g = AllocG();
+  return SpawnSlot{g, g->task_storage};
 }
+
+void CommitSpawn(SpawnSlot slot, TaskFn fn, std::source_location site) {
+  G* g = static_cast<G*>(slot.g);
+  InitG(g, fn, site);
+  Spawn(g);
+}
+
+void AbortSpawn(SpawnSlot slot) noexcept {
+  G* g = static_cast<G*>(slot.g);
+  g->status.store(GStatus::kDead, std::memory_order_relaxed);
+  FreeG(g);
+}
+
+}  // namespace sched_internal
 
 void Yield() {
   G* g = CurrentG();
@@ -1452,7 +1617,7 @@ void Sleep(absl::Duration d) {
 
 std::int64_t NumFibers() {
   return g_running.load(std::memory_order_acquire)
-             ? g_sched->ngo.load(std::memory_order_acquire)
+             ? LiveGs()
              : 0;
 }
 
@@ -1543,7 +1708,8 @@ int RunMain(absl::AnyInvocable<int() &&> main_fn) {
   EnsureStarted();
   int result = 0;
   std::atomic<std::uint32_t> done{0};
-  G* g = NewG([] {}, std::source_location::current());
+  G* g = AllocG();
+  InitG(g, &NoopTask, std::source_location::current());
   g->main_fn = std::move(main_fn);
   g->main_result = &result;
   g->main_done = &done;
@@ -1590,7 +1756,7 @@ SchedStats GetSchedStats() {
   }
   s.spinning_threads = g_sched->nmspinning.load(std::memory_order_relaxed);
   s.global_runq = g_sched->runq_size.load(std::memory_order_relaxed);
-  s.fibers = g_sched->ngo.load(std::memory_order_relaxed);
+  s.fibers = LiveGs();
   s.handoffs = g_sched->handoffs.load(std::memory_order_relaxed);
   s.long_running = g_sched->long_running.load(std::memory_order_relaxed);
   s.trace_lines = g_sched->trace_lines.load(std::memory_order_relaxed);

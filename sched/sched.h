@@ -36,6 +36,8 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <memory>
+#include <new>
 #include <source_location>
 #include <type_traits>
 #include <utility>
@@ -71,10 +73,14 @@ bool Running();
 // started again afterwards.
 bool Shutdown(absl::Duration timeout = absl::InfiniteDuration());
 
-// Starts a fiber running `fn`. `site` records where it was started, for
-// fiber dumps and leak reports.
-void Go(absl::AnyInvocable<void() &&> fn,
-        std::source_location site = std::source_location::current());
+// Starts a fiber running `fn` (any movable callable taking no arguments;
+// a result is discarded). `site` records where it was started, for fiber
+// dumps and leak reports. A callable of up to 56 bytes (a lambda capturing
+// seven pointers) is stored in the fiber's control block itself: no heap
+// allocation. If copying or moving `fn` throws, no fiber is started and
+// the exception propagates.
+template <typename F>
+void Go(F&& fn, std::source_location site = std::source_location::current());
 
 // Lets other fibers run; the caller stays runnable. From a plain thread:
 // std::this_thread::yield().
@@ -149,7 +155,64 @@ SchedStats GetSchedStats();
 namespace sched_internal {
 bool EnterBlocking();
 void ExitBlocking(bool entered);
+
+// How Go() stores a fiber's function in its G (see Go).
+inline constexpr std::size_t kTaskInlineBytes = 56;
+// Runs the callable at `storage` if `run`, then destroys it (also when it
+// throws, Exit() included).
+using TaskFn = void (*)(void* storage, bool run);
+struct SpawnSlot {
+  void* g;
+  void* storage;  // kTaskInlineBytes, aligned for a pointer
+};
+SpawnSlot BeginSpawn();  // a fresh G, not yet runnable
+void CommitSpawn(SpawnSlot slot, TaskFn fn, std::source_location site);
+void AbortSpawn(SpawnSlot slot) noexcept;  // the callable was never built
+
+template <typename Fn>
+void InlineTask(void* storage, bool run) {
+  struct Destroy {
+    Fn* f;
+    ~Destroy() { f->~Fn(); }
+  } destroy{std::launder(static_cast<Fn*>(storage))};
+  if (run) std::move(*destroy.f)();
+}
+
+template <typename Fn>
+void HeapTask(void* storage, bool run) {
+  std::unique_ptr<Fn> f(*static_cast<Fn**>(storage));
+  if (run) std::move(*f)();
+}
 }  // namespace sched_internal
+
+template <typename F>
+void Go(F&& fn, std::source_location site) {
+  using Fn = std::decay_t<F>;
+  static_assert(std::is_invocable_v<Fn&&>,
+                "gort::Go needs a callable taking no arguments");
+  static_assert(std::is_constructible_v<Fn, F&&>,
+                "gort::Go needs a movable (or copyable) callable");
+  if constexpr (sizeof(Fn) <= sched_internal::kTaskInlineBytes &&
+                alignof(Fn) <= alignof(void*)) {
+    sched_internal::SpawnSlot slot = sched_internal::BeginSpawn();
+    if constexpr (std::is_nothrow_constructible_v<Fn, F&&>) {
+      ::new (slot.storage) Fn(std::forward<F>(fn));
+    } else {
+      try {
+        ::new (slot.storage) Fn(std::forward<F>(fn));
+      } catch (...) {
+        sched_internal::AbortSpawn(slot);
+        throw;
+      }
+    }
+    sched_internal::CommitSpawn(slot, &sched_internal::InlineTask<Fn>, site);
+  } else {
+    auto heap = std::make_unique<Fn>(std::forward<F>(fn));
+    sched_internal::SpawnSlot slot = sched_internal::BeginSpawn();
+    ::new (slot.storage) Fn*(heap.release());
+    sched_internal::CommitSpawn(slot, &sched_internal::HeapTask<Fn>, site);
+  }
+}
 
 template <typename F>
 auto Blocking(F&& fn) -> std::invoke_result_t<F&> {

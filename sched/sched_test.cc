@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <memory>
 #include <set>
@@ -81,6 +82,62 @@ TEST_P(SchedTest, CapturesAreDestroyedAfterTheFiberRuns) {
   done.Wait();
   while (NumFibers() > 0) absl::SleepFor(absl::Milliseconds(1));
   EXPECT_TRUE(weak.expired());
+}
+
+// Go() stores callables of up to 56 bytes in the G and bigger ones on the
+// heap; both are destroyed once the fiber ends, by return or by Exit().
+TEST_P(SchedTest, InlineAndHeapCapturesAreDestroyedOnReturnAndExit) {
+  for (bool exit : {false, true}) {
+    auto small = std::make_shared<int>(1);
+    auto big = std::make_shared<int>(2);
+    std::weak_ptr<int> weak_small = small, weak_big = big;
+    std::array<char, 200> ballast{};
+    Latch done(2);
+    Go([s = std::move(small), &done, exit] {
+      done.Done();
+      if (exit) Exit();
+    });
+    Go([b = std::move(big), ballast, &done, exit] {
+      EXPECT_EQ(ballast[0] + *b, 2);
+      done.Done();
+      if (exit) Exit();
+    });
+    done.Wait();
+    while (NumFibers() > 0) absl::SleepFor(absl::Milliseconds(1));
+    EXPECT_TRUE(weak_small.expired());
+    EXPECT_TRUE(weak_big.expired());
+  }
+}
+
+struct ThrowsOnCopy {
+  ThrowsOnCopy() = default;
+  ThrowsOnCopy(const ThrowsOnCopy&) { throw std::runtime_error("copy"); }
+  void operator()() const {}
+};
+
+TEST_P(SchedTest, ThrowingCopyStartsNoFiber) {
+  const ThrowsOnCopy fn;
+  std::int64_t before = NumFibers();
+  EXPECT_THROW(Go(fn), std::runtime_error);
+  EXPECT_EQ(NumFibers(), before);
+  // The G went back to the free list in a usable state.
+  Latch done(1);
+  Go([&] { done.Done(); });
+  done.Wait();
+}
+
+TEST_P(SchedTest, GoTakesFunctionPointersAndAnyInvocables) {
+  static std::atomic<int> ran{0};
+  static Latch* done = nullptr;
+  ran = 0;
+  Latch latch(3);
+  done = &latch;
+  Go(+[] { ran.fetch_add(1); done->Done(); });
+  absl::AnyInvocable<void() &&> fn = [] { ran.fetch_add(1); done->Done(); };
+  Go(std::move(fn));
+  Go([]() -> int { ran.fetch_add(1); done->Done(); return 7; });  // result dropped
+  latch.Wait();
+  EXPECT_EQ(ran.load(), 3);
 }
 
 TEST_P(SchedTest, NumFibersCountsLiveFibers) {
