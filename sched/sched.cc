@@ -82,6 +82,9 @@ struct alignas(64) G {
   alignas(void*) unsigned char task_storage[kTaskInlineBytes];
   // --- Written by the M that runs it. ---
   Fiber* fiber = nullptr;
+  // While g is off its M (parked or yielded): its fiber's saved frame
+  // pointer, for fiber dumps (FiberInfo). Null while it runs.
+  std::atomic<void*> saved_fp{nullptr};
   M* locked_m = nullptr;
   int lock_count = 0;
   Parker parker;
@@ -876,6 +879,7 @@ void EnsureFiber(G* g) {
 
 void MarkRunning(M* m, G* g) {
   m->curg = g;
+  g->saved_fp.store(nullptr, std::memory_order_relaxed);
   g->status.store(GStatus::kRunning, std::memory_order_relaxed);
   P* p = m->p;
   ++p->schedtick;
@@ -1077,6 +1081,9 @@ void NoopTask(void*, bool) {}  // RunMain's G runs main_fn instead
 // see "memory renaming" in docs/fiber.md).
 void ParkHook(Fiber* from, void*) {
   G* g = static_cast<G*>(from->user_data());
+  // Before g can be made runnable (by the CAS below or by a waker).
+  // store-release: a reader that loads it (acquire) may walk the frames.
+  g->saved_fp.store(from->SavedFramePointer(), std::memory_order_release);
   const std::uint64_t seq = g->park_seq;
   if (g->park_commit != nullptr && !g->park_commit(g->park_commit_arg)) {
     g->park_aborted = true;  // Park returns kUnparked, whoever else won
@@ -1134,6 +1141,7 @@ const SchedulerHooks kHooks = {&HookCurrent, &HookPark, &HookReady};
 
 void YieldHook(Fiber* from, void*) {
   G* g = static_cast<G*>(from->user_data());
+  g->saved_fp.store(from->SavedFramePointer(), std::memory_order_release);
   g->status.store(GStatus::kRunnable, std::memory_order_relaxed);
   M* m = GetM();
   // Go's Gosched queues globally; we stay local (no lock) unless the local
@@ -1737,7 +1745,9 @@ void ForEachFiber(const std::function<void(const FiberInfo&)>& fn) {
       info.wait_reason = g->parker.wait_reason();
       info.created_file = g->created_file;
       info.created_line = g->created_line;
-      info.saved_frame_pointer = nullptr;  // walked by //leakcheck
+      info.saved_frame_pointer =
+          st == GStatus::kRunning ? nullptr
+                                  : g->saved_fp.load(std::memory_order_acquire);
       infos.push_back(info);
     }
   }

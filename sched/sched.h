@@ -132,7 +132,10 @@ struct FiberInfo {
   WaitReason wait_reason;
   const char* created_file;  // where Go() was called
   int created_line;
-  void* saved_frame_pointer;  // when not running: walkable frame chain
+  // When not running: the fiber's saved frame pointer, the head of a chain
+  // of {next frame pointer, return address} pairs on its stack that ends
+  // with a null link. Valid only while the fiber stays off its thread.
+  void* saved_frame_pointer;
 };
 // Calls `fn` for every live fiber. The snapshot is not atomic.
 void ForEachFiber(const std::function<void(const FiberInfo&)>& fn);

@@ -538,6 +538,19 @@ TEST_P(SchedTest, ForEachFiberListsParkedFibers) {
         EXPECT_NE(std::string(info.created_file).find("sched_test.cc"),
                   std::string::npos);
         EXPECT_GT(info.created_line, 0);
+        // Parked (held by `release`): its frame chain can be walked.
+        auto* fp = static_cast<void**>(info.saved_frame_pointer);
+        ASSERT_NE(fp, nullptr);
+        int frames = 0;
+        for (; fp != nullptr && frames < 64; ++frames) {
+          EXPECT_NE(fp[1], nullptr);  // a return address
+          fp = static_cast<void**>(fp[0]);
+        }
+        EXPECT_LT(frames, 64);
+        EXPECT_GE(frames, 3);  // park, Latch::Wait, the lambda at least
+      }
+      if (info.state == FiberInfo::State::kRunning) {
+        EXPECT_EQ(info.saved_frame_pointer, nullptr);
       }
     });
     if (waiting < 3) absl::SleepFor(absl::Milliseconds(1));
