@@ -3,6 +3,7 @@
 #include <atomic>
 #include <cstdint>
 #include <mutex>
+#include <utility>
 #include <vector>
 
 #include "absl/time/clock.h"
@@ -104,6 +105,14 @@ struct CancelNode final : Node, std::enable_shared_from_this<CancelNode> {
   }
 
   DoneChan done = MakeChan<std::monostate>();
+  // Done() channels of descendants destroyed uncancelled while someone
+  // still held their channel: closed when we are cancelled (see ~CancelNode).
+  // Guarded by mu.
+  struct Orphan {
+    DoneChan done;
+    Orphan* next;
+  };
+  Orphan* orphans = nullptr;
   enum : std::uint8_t { kLive, kCancelling, kCancelled };
   // Stores are releases and pair with the load-acquire in Err().
   std::atomic<std::uint8_t> state{kLive};
@@ -166,9 +175,38 @@ std::shared_ptr<CancelNode> NewCancelNode(const std::shared_ptr<Node>& parent,
 }  // namespace
 
 CancelNode::~CancelNode() {
-  // Cancelled: our parent, or our own Cancel, already took us out.
-  if (registered_with != nullptr && live()) {
-    LeaveParent();
+  // Cancelled: our Done() is closed, our orphans too, and our parent (or
+  // our own Cancel) took us out of its list.
+  if (!live()) return;
+  // Destroyed uncancelled: no handle to us is left, but a task may still
+  // hold our Done() channel (or a descendant's, now in `orphans`) and wait
+  // for it to close when an ancestor is cancelled, as it would in Go, where
+  // the parent keeps its children reachable. Hand those channels to the
+  // ancestor we are registered in; none held: nothing to keep.
+  Orphan* mine = orphans;
+  orphans = nullptr;
+  if (chan_internal::CoreOf(done)->Shared()) mine = new Orphan{done, mine};
+  if (registered_with == nullptr) {  // nothing can cancel us: never closes
+    while (mine != nullptr) delete std::exchange(mine, mine->next);
+    return;
+  }
+  Orphan* tail = mine;
+  while (tail != nullptr && tail->next != nullptr) tail = tail->next;
+  bool ancestor_cancelled;
+  {
+    std::lock_guard<Lock> l(registered_with->mu);
+    // Out of the list already: the ancestor detached us while cancelling
+    // (its weak_from_this().lock() failed) and holds mu until kCancelled.
+    ancestor_cancelled = !in_parent;
+    registered_with->UnlinkChildLocked(this);
+    if (!ancestor_cancelled && mine != nullptr) {
+      tail->next = registered_with->orphans;
+      registered_with->orphans = std::exchange(mine, nullptr);
+    }
+  }
+  // The ancestor was cancelled: so are we, in effect; close what is held.
+  for (; mine != nullptr; delete std::exchange(mine, mine->next)) {
+    mine->done.Close();
   }
 }
 
@@ -198,8 +236,10 @@ void CancelNode::BeginCancelLocked(
     timers.push_back(std::move(timer));
     has_timer = false;
   }
+  // Our orphans close with our own Done() (Cancel's last loop).
   // Detach the whole list. A failed lock(): that child is being destroyed
-  // (its destructor waits for mu, then finds itself out of the list).
+  // (its destructor waits for mu, then finds itself out of the list, and
+  // closes its own Done() if someone still holds it).
   while (CancelNode* k = children) {
     UnlinkChildLocked(k);
     if (std::shared_ptr<CancelNode> strong = k->weak_from_this().lock()) {
@@ -239,6 +279,10 @@ void CancelNode::Cancel(bool remove_from_parent, const absl::Status& e) {
     // store-release: pairs with the load-acquire in Context::Err().
     n->state.store(kCancelled, std::memory_order_release);
     n->done.Close();
+    for (Orphan* o = std::exchange(n->orphans, nullptr); o != nullptr;) {
+      o->done.Close();
+      delete std::exchange(o, o->next);
+    }
     n->mu.unlock();
   }
   for (Timer& t : timers) t.Stop();
@@ -273,6 +317,15 @@ std::size_t NumChildrenForTest(const Context& ctx) {
   std::lock_guard<Lock> l(c->mu);
   std::size_t n = 0;
   for (CancelNode* k = c->children; k != nullptr; k = k->sib_next) ++n;
+  return n;
+}
+
+std::size_t NumOrphansForTest(const Context& ctx) {
+  if (ctx.node_ == nullptr || ctx.node_->canceler == nullptr) return 0;
+  CancelNode* c = ctx.node_->canceler;
+  std::lock_guard<Lock> l(c->mu);
+  std::size_t n = 0;
+  for (CancelNode::Orphan* o = c->orphans; o != nullptr; o = o->next) ++n;
   return n;
 }
 

@@ -53,12 +53,11 @@
 // Lifetime: a context lives while any handle, cancel function, descendant or
 // pending deadline timer refers to it. A cancellable context is registered
 // in its nearest cancellable ancestor until it is cancelled or destroyed, so
-// a long-lived parent never accumulates its finished children. Unlike Go
-// (where the garbage collector keeps a context reachable through its
-// parent), a parent does not own its children: if every handle to an
-// uncancelled child without a pending deadline is dropped, the child is
-// destroyed and its Done() channel, if still held by someone, is never
-// closed. Keep the Context, not only its channel, while you wait on it.
+// a long-lived parent never accumulates its finished children. A parent
+// does not own its children (there is no garbage collector to break the
+// cycle), but nothing observable is lost when one is destroyed uncancelled:
+// if someone still holds its Done() channel, that channel is handed to the
+// ancestor and closed when the ancestor is cancelled, as in Go.
 //
 // Threading rules: every function here may be called from any fiber or
 // plain thread, concurrently, on the same or different handles (as for
@@ -107,6 +106,8 @@ Context NewValueContext(const Context& parent, const void* key,
 // Contexts registered in `ctx`'s nearest cancellable ancestor-or-self (0 for
 // Background): for tests.
 std::size_t NumChildrenForTest(const Context& ctx);
+// Done() channels of destroyed descendants that `ctx`'s canceler will close.
+std::size_t NumOrphansForTest(const Context& ctx);
 }  // namespace context_internal
 
 // A key for WithValue/Value, carrying the type of its value. A key is
@@ -174,6 +175,7 @@ class Context {
       const Context& parent, const void* key,
       std::shared_ptr<const void> value);
   friend std::size_t context_internal::NumChildrenForTest(const Context& ctx);
+  friend std::size_t context_internal::NumOrphansForTest(const Context& ctx);
 
   explicit Context(std::shared_ptr<context_internal::Node> node)
       : node_(std::move(node)) {}

@@ -25,6 +25,7 @@ namespace gort {
 namespace {
 
 using context_internal::NumChildrenForTest;
+using context_internal::NumOrphansForTest;
 
 constexpr int kScale = testing::kStressScale;
 
@@ -471,6 +472,72 @@ TEST_P(ContextTest, StressConcurrentChildrenOfOneParent) {
 // and waiting on its children: every child ends cancelled, whoever sees the
 // parent cancelled sees its own (grand)children cancelled, and every waiter
 // wakes.
+// Go keeps a child reachable through its parent; here the child may be
+// destroyed once its handles are gone, but a Done() channel still held
+// closes when an ancestor is cancelled, all the same.
+TEST_P(ContextTest, HeldDoneOfADroppedChildClosesWithTheParent) {
+  auto [parent, cancel_parent] = WithCancel(Background());
+  DoneChan child_done, grandchild_done, unheld_dropped;
+  {
+    auto [child, cancel_child] = WithCancel(parent);
+    child_done = child.Done();
+    Context v = WithValue(child, kAttempt, 1);
+    auto [grandchild, cancel_grandchild] = WithCancel(v);
+    grandchild_done = grandchild.Done();
+    auto [unheld, cancel_unheld] = WithCancel(parent);
+  }  // all dropped uncancelled: the grandchild's channel went to the child,
+     // then both to the parent; the unheld one left nothing behind
+  EXPECT_EQ(NumChildrenForTest(parent), 0u);
+  EXPECT_EQ(NumOrphansForTest(parent), 2u);
+  WaitGroup wg;
+  wg.Add(2);
+  for (const DoneChan& d : {child_done, grandchild_done}) {
+    Go([&wg, d] {
+      Select(Recv(d));  // parks until the parent is cancelled
+      wg.Done();
+    });
+  }
+  EXPECT_EQ(child_done.TryRecv().status, RecvStatus::kWouldBlock);
+  cancel_parent();
+  wg.Wait();
+  EXPECT_EQ(child_done.TryRecv().status, RecvStatus::kClosed);
+  EXPECT_EQ(grandchild_done.TryRecv().status, RecvStatus::kClosed);
+  EXPECT_EQ(NumOrphansForTest(parent), 0u);
+  // An orphan handed to a parent that is itself dropped goes further up.
+  auto [root, cancel_root] = WithCancel(Background());
+  DoneChan held;
+  {
+    auto [mid, cancel_mid] = WithCancel(root);
+    auto [leaf, cancel_leaf] = WithCancel(mid);
+    held = leaf.Done();
+  }
+  EXPECT_EQ(NumOrphansForTest(root), 1u);
+  cancel_root();
+  EXPECT_EQ(held.TryRecv().status, RecvStatus::kClosed);
+  // Under Background nothing can cancel it: it is simply never closed.
+  {
+    auto [lone, cancel_lone] = WithCancel(Background());
+    held = lone.Done();
+  }
+  EXPECT_EQ(held.TryRecv().status, RecvStatus::kWouldBlock);
+}
+
+// A child destroyed while its parent is being cancelled (the parent's
+// cancellation skips it) still closes a held Done().
+TEST_P(ContextTest, StressDroppingAChildWhileTheParentCancels) {
+  const int kRounds = 2000 / kScale + 10;
+  for (int round = 0; round < kRounds; ++round) {
+    auto [parent, cancel_parent] = WithCancel(Background());
+    std::optional<std::pair<Context, CancelFunc>> child = WithCancel(parent);
+    DoneChan done = child->first.Done();
+    std::thread dropper([&] { child.reset(); });
+    cancel_parent();
+    dropper.join();
+    ASSERT_EQ(done.TryRecv().status, RecvStatus::kClosed) << "round " << round;
+    EXPECT_EQ(NumOrphansForTest(parent), 0u);
+  }
+}
+
 TEST_P(ContextTest, StressCancelParentWhileChildrenAreBeingMade) {
   const int kRounds = 30 / kScale + 2;
   constexpr int kFibers = 6;

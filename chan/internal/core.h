@@ -100,6 +100,8 @@ class ChanCore {
   static ChanCore* Create(const ElemOps* ops, std::size_t capacity);
 
   void Ref() { refs_.fetch_add(1, std::memory_order_relaxed); }
+  // Whether more than one handle refers to this channel (a snapshot).
+  bool Shared() const { return refs_.load(std::memory_order_acquire) > 1; }
   void Unref() {
     if (refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) Destroy();
   }
