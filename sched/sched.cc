@@ -30,8 +30,10 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstddef>
 #include <cstdio>
 #include <cstdlib>
+#include <exception>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -102,11 +104,13 @@ struct alignas(64) G {
   G* batchlink = nullptr;
   int batch_size = 0;
 };
-static_assert(sizeof(TaskFn) + 4 * sizeof(void*) + sizeof(int) +
-                      sizeof(GStatus) + 3 + 16 <=
-                  64,
-              "a small callable and G's other spawn-written fields must "
-              "share one cache line");
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Winvalid-offsetof"
+static_assert(offsetof(G, task_storage) + 24 <= 64 &&
+                  offsetof(G, status) < 64,
+              "G's spawn-written fields and a callable's first 24 bytes "
+              "must share one cache line");
+#pragma GCC diagnostic pop
 
 struct Timer {
   std::int64_t when = 0;
@@ -386,11 +390,6 @@ int GlobRunqTake(G** out, int n) {
   return taken;
 }
 
-G* GlobRunqPop() {
-  G* g = nullptr;
-  return GlobRunqTake(&g, 1) == 1 ? g : nullptr;
-}
-
 // Takes a fair share of the global queue: returns one G and moves up to
 // `max - 1` more into p's local queue (Go's globrunqget).
 G* GlobRunqGet(P* p, int max) {
@@ -603,13 +602,20 @@ void StartM(P* p, bool spinning) {
     }
     m = MIdleGet();
     if (m == nullptr) {
-      m = new M;
-      m->id = static_cast<int>(g_sched->allm.size());
-      m->rand = 0x9E3779B9u * (m->id + 1);
-      g_sched->allm.push_back(m);
-      m->nextp.store(p, std::memory_order_relaxed);
-      m->spinning = spinning;
-      m->thread = std::thread(MStart, m);
+      // Failing to start a thread is fatal, as in Go ("newosproc"): this
+      // runs under sched.lock, inside Go() and Unpark(), which promise not
+      // to throw once the fiber is queued.
+      try {
+        m = new M;
+        m->id = static_cast<int>(g_sched->allm.size());
+        m->rand = 0x9E3779B9u * (m->id + 1);
+        g_sched->allm.push_back(m);
+        m->nextp.store(p, std::memory_order_relaxed);
+        m->spinning = spinning;
+        m->thread = std::thread(MStart, m);
+      } catch (const std::exception& e) {
+        Fatal("gort: cannot start a thread for the scheduler: %s", e.what());
+      }
       return;
     }
     // Under the lock: a woken M reads nextp under it (StopM).
@@ -664,6 +670,21 @@ bool PRetired(P* p) {
 }
 
 
+// Moves p's free Gs (both magazines) to the global free list. By p's owner.
+void FlushGFree(P* p) {
+  G* batches[2] = {p->gfree, p->gfree_full};
+  int sizes[2] = {p->gfree_count, kGFreeBatch};
+  p->gfree = p->gfree_full = nullptr;
+  p->gfree_count = 0;
+  std::lock_guard<Lock> l(g_sched->gfree_lock);
+  for (int i = 0; i < 2; ++i) {
+    if (batches[i] == nullptr) continue;
+    batches[i]->batch_size = sizes[i];
+    batches[i]->batchlink = g_sched->gfree;
+    g_sched->gfree = batches[i];
+  }
+}
+
 // Gives up the calling M's P if SetMaxProcs retired it: its queue goes to
 // the global queue and its timers to P 0. Returns false if MaxProcs grew
 // again meanwhile and the P stays. Decided under sched.lock, as
@@ -673,6 +694,7 @@ bool ReleaseRetiredP(M* m) {
   {
     std::lock_guard<Lock> l(g_sched->lock);
     if (!PRetired(p)) return false;
+    FlushGFree(p);  // while we own it: free Gs stay usable by the others
     ReleaseP(m);
     p->status.store(kPRetired, std::memory_order_release);
     auto local = p->runq.local();
@@ -1159,6 +1181,7 @@ void YieldHook(Fiber* from, void*) {
 // Publishes a G leaving a Blocking call without a P: global queue.
 void GlobalReadyHook(Fiber* from, void*) {
   G* g = static_cast<G*>(from->user_data());
+  g->saved_fp.store(from->SavedFramePointer(), std::memory_order_release);
   g->status.store(GStatus::kRunnable, std::memory_order_relaxed);
   {
     std::lock_guard<Lock> l(g_sched->lock);

@@ -75,9 +75,10 @@ bool Shutdown(absl::Duration timeout = absl::InfiniteDuration());
 
 // Starts a fiber running `fn` (any movable callable taking no arguments;
 // a result is discarded). `site` records where it was started, for fiber
-// dumps and leak reports. A callable of up to 56 bytes (a lambda capturing
-// seven pointers) is stored in the fiber's control block itself: no heap
-// allocation. If copying or moving `fn` throws, no fiber is started and
+// dumps and leak reports. A callable of up to 56 bytes, aligned to at most
+// 8 (a lambda capturing seven pointers), is stored in the fiber's control
+// block itself: no heap allocation; a bigger one (an absl::AnyInvocable,
+// 16-aligned, say) is moved to the heap. If copying or moving `fn` throws, no fiber is started and
 // the exception propagates.
 template <typename F>
 void Go(F&& fn, std::source_location site = std::source_location::current());
@@ -178,13 +179,13 @@ void InlineTask(void* storage, bool run) {
     Fn* f;
     ~Destroy() { f->~Fn(); }
   } destroy{std::launder(static_cast<Fn*>(storage))};
-  if (run) std::move(*destroy.f)();
+  if (run) static_cast<void>(std::move(*destroy.f)());
 }
 
 template <typename Fn>
 void HeapTask(void* storage, bool run) {
   std::unique_ptr<Fn> f(*static_cast<Fn**>(storage));
-  if (run) std::move(*f)();
+  if (run) static_cast<void>(std::move(*f)());
 }
 }  // namespace sched_internal
 
@@ -195,6 +196,8 @@ void Go(F&& fn, std::source_location site) {
                 "gort::Go needs a callable taking no arguments");
   static_assert(std::is_constructible_v<Fn, F&&>,
                 "gort::Go needs a movable (or copyable) callable");
+  static_assert(std::is_nothrow_destructible_v<Fn>,
+                "gort::Go needs a callable whose destructor does not throw");
   if constexpr (sizeof(Fn) <= sched_internal::kTaskInlineBytes &&
                 alignof(Fn) <= alignof(void*)) {
     sched_internal::SpawnSlot slot = sched_internal::BeginSpawn();

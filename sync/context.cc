@@ -2,7 +2,10 @@
 
 #include <atomic>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <mutex>
+#include <new>
 #include <utility>
 #include <vector>
 
@@ -113,6 +116,11 @@ struct CancelNode final : Node, std::enable_shared_from_this<CancelNode> {
     Orphan* next;
   };
   Orphan* orphans = nullptr;
+  // Entries in `orphans`; when it passes prune_at, entries nobody else
+  // holds any more are dropped, so a parent that lives long and is never
+  // cancelled keeps only channels still held.
+  std::size_t orphan_count = 0;
+  std::size_t prune_at = 16;
   enum : std::uint8_t { kLive, kCancelling, kCancelled };
   // Stores are releases and pair with the load-acquire in Err().
   std::atomic<std::uint8_t> state{kLive};
@@ -182,28 +190,68 @@ CancelNode::~CancelNode() {
   // hold our Done() channel (or a descendant's, now in `orphans`) and wait
   // for it to close when an ancestor is cancelled, as it would in Go, where
   // the parent keeps its children reachable. Hand those channels to the
-  // ancestor we are registered in; none held: nothing to keep.
-  Orphan* mine = orphans;
-  orphans = nullptr;
-  if (chan_internal::CoreOf(done)->Shared()) mine = new Orphan{done, mine};
+  // ancestor we are registered in; none held: nothing to keep. Orphans
+  // handed to us earlier whose channel nobody holds any more are dropped.
+  Orphan* mine = nullptr;
+  for (Orphan* o = std::exchange(orphans, nullptr); o != nullptr;) {
+    Orphan* next = o->next;
+    if (chan_internal::CoreOf(o->done)->Shared()) {
+      o->next = mine;
+      mine = o;
+    } else {
+      delete o;
+    }
+    o = next;
+  }
+  if (chan_internal::CoreOf(done)->Shared()) {
+    auto* o = new (std::nothrow) Orphan{done, mine};
+    if (o == nullptr) {
+      std::fputs("fatal: gort: out of memory in a context's destructor\n",
+                 stderr);
+      std::abort();
+    }
+    mine = o;
+  }
   if (registered_with == nullptr) {  // nothing can cancel us: never closes
     while (mine != nullptr) delete std::exchange(mine, mine->next);
     return;
   }
   Orphan* tail = mine;
-  while (tail != nullptr && tail->next != nullptr) tail = tail->next;
+  std::size_t n = mine != nullptr ? 1 : 0;
+  while (tail != nullptr && tail->next != nullptr) {
+    tail = tail->next;
+    ++n;
+  }
   bool ancestor_cancelled;
+  Orphan* garbage = nullptr;  // released after unlocking
   {
-    std::lock_guard<Lock> l(registered_with->mu);
+    CancelNode* a = registered_with;
+    std::lock_guard<Lock> l(a->mu);
     // Out of the list already: the ancestor detached us while cancelling
     // (its weak_from_this().lock() failed) and holds mu until kCancelled.
     ancestor_cancelled = !in_parent;
-    registered_with->UnlinkChildLocked(this);
+    a->UnlinkChildLocked(this);
     if (!ancestor_cancelled && mine != nullptr) {
-      tail->next = registered_with->orphans;
-      registered_with->orphans = std::exchange(mine, nullptr);
+      tail->next = a->orphans;
+      a->orphans = std::exchange(mine, nullptr);
+      a->orphan_count += n;
+      if (a->orphan_count > a->prune_at) {
+        Orphan** link = &a->orphans;
+        while (Orphan* o = *link) {
+          if (chan_internal::CoreOf(o->done)->Shared()) {
+            link = &o->next;
+          } else {
+            *link = o->next;
+            o->next = garbage;
+            garbage = o;
+            --a->orphan_count;
+          }
+        }
+        a->prune_at = 2 * a->orphan_count + 16;
+      }
     }
   }
+  while (garbage != nullptr) delete std::exchange(garbage, garbage->next);
   // The ancestor was cancelled: so are we, in effect; close what is held.
   for (; mine != nullptr; delete std::exchange(mine, mine->next)) {
     mine->done.Close();
@@ -283,6 +331,7 @@ void CancelNode::Cancel(bool remove_from_parent, const absl::Status& e) {
       o->done.Close();
       delete std::exchange(o, o->next);
     }
+    n->orphan_count = 0;
     n->mu.unlock();
   }
   for (Timer& t : timers) t.Stop();

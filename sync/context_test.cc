@@ -514,6 +514,18 @@ TEST_P(ContextTest, HeldDoneOfADroppedChildClosesWithTheParent) {
   EXPECT_EQ(NumOrphansForTest(root), 1u);
   cancel_root();
   EXPECT_EQ(held.TryRecv().status, RecvStatus::kClosed);
+  // Channels dropped later are pruned: a parent that is never cancelled
+  // keeps only what is still held.
+  auto [keeper, cancel_keeper] = WithCancel(Background());
+  for (int i = 0; i < 1000; ++i) {
+    DoneChan d;
+    {
+      auto [c, cancel_c] = WithCancel(keeper);
+      d = c.Done();
+    }
+    EXPECT_EQ(NumChildrenForTest(keeper), 0u);
+  }
+  EXPECT_LE(NumOrphansForTest(keeper), 17u);
   // Under Background nothing can cancel it: it is simply never closed.
   {
     auto [lone, cancel_lone] = WithCancel(Background());
