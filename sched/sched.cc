@@ -65,6 +65,21 @@ enum class GStatus : std::uint8_t { kIdle, kRunnable, kRunning, kWaiting, kSysca
 
 struct ExitSignal {};  // thrown by Exit()
 
+// A parked G's deadline. It lives in the G (dense, huge-page-backed
+// memory), not on the parked fiber's stack: sifting a heap of a million
+// timers rewrites `index` of the timers it moves, and on fibers' stacks
+// each of those was a cache and TLB miss in its own page.
+struct Timer {
+  std::int64_t when = 0;
+  Parker* parker = nullptr;
+  std::uint64_t seq = 0;
+  // The heap it is in; changes only with both heaps locked (MoveTimersToP0).
+  std::atomic<P*> p{nullptr};
+  int index = -1;  // in p's heap; -1 when not queued
+  std::atomic<bool> fired{false};  // store-release after the last touch
+};
+
+
 // A G's first cache line holds exactly what Go() writes (fn, id, creation
 // site, status, schedlink), so a G spawned on one P and run on another moves
 // one line between cores; the rest is written by the M that runs it.
@@ -99,6 +114,7 @@ struct alignas(64) G {
   ParkCommitFn park_commit = nullptr;
   void* park_commit_arg = nullptr;
   bool park_aborted = false;
+  Timer timer;  // a park's deadline (HookPark)
   // The global free list: a batch's first G links the next batch and
   // knows its length.
   G* batchlink = nullptr;
@@ -112,21 +128,13 @@ static_assert(offsetof(G, task_storage) + 24 <= 64 &&
               "must share one cache line");
 #pragma GCC diagnostic pop
 
-struct Timer {
-  std::int64_t when = 0;
-  Parker* parker = nullptr;
-  std::uint64_t seq = 0;
-  // The heap it is in; changes only with both heaps locked (MoveTimersToP0).
-  std::atomic<P*> p{nullptr};
-  int index = -1;  // in p's heap; -1 when not queued
-  std::atomic<bool> fired{false};  // store-release after the last touch
-};
-
-// A P's timers: a binary min-heap on `when`, guarded by `lock`.
+// A P's timers: a 4-ary min-heap on `when` (as Go's: half the depth of a
+// binary heap, and a node's four children share a cache line), guarded by
+// `lock`.
 struct TimerHeap {
   Lock lock;
-  // `when` is kept in the heap array itself (as Go does): sifting compares
-  // without touching the timers, which live on parked fibers' stacks.
+  // `when` is kept in the heap array itself: sifting compares without
+  // touching the timers.
   struct Entry {
     std::int64_t when;
     Timer* timer;
@@ -134,29 +142,38 @@ struct TimerHeap {
   std::vector<Entry> heap;
   std::atomic<std::int64_t> next_when{kNoDeadline};
 
+  // Sift with a hole: each level moves one entry and rewrites its timer's
+  // index; the sifted entry is written once, at the end.
   void Up(int i) {
+    const Entry e = heap[i];
     while (i > 0) {
-      int parent = (i - 1) / 2;
-      if (heap[parent].when <= heap[i].when) break;
-      Swap(i, parent);
+      const int parent = (i - 1) / 4;
+      if (heap[parent].when <= e.when) break;
+      Place(i, heap[parent]);
       i = parent;
     }
+    Place(i, e);
   }
   void Down(int i) {
     const int n = static_cast<int>(heap.size());
+    const Entry e = heap[i];
     for (;;) {
-      int l = 2 * i + 1, r = l + 1, m = i;
-      if (l < n && heap[l].when < heap[m].when) m = l;
-      if (r < n && heap[r].when < heap[m].when) m = r;
-      if (m == i) break;
-      Swap(i, m);
+      const int first = 4 * i + 1;
+      if (first >= n) break;
+      int m = first;
+      const int end = std::min(first + 4, n);
+      for (int c = first + 1; c < end; ++c) {
+        if (heap[c].when < heap[m].when) m = c;
+      }
+      if (heap[m].when >= e.when) break;
+      Place(i, heap[m]);
       i = m;
     }
+    Place(i, e);
   }
-  void Swap(int a, int b) {
-    std::swap(heap[a], heap[b]);
-    heap[a].timer->index = a;
-    heap[b].timer->index = b;
+  void Place(int i, const Entry& e) {
+    heap[i] = e;
+    e.timer->index = i;
   }
   // Called with `lock` held.
   void Add(Timer* t) {
@@ -166,14 +183,12 @@ struct TimerHeap {
     next_when.store(heap[0].when, std::memory_order_release);
   }
   void Remove(Timer* t) {
-    int i = t->index;
-    int last = static_cast<int>(heap.size()) - 1;
-    if (i != last) {
-      Swap(i, last);
-    }
+    const int i = t->index;
+    const int last = static_cast<int>(heap.size()) - 1;
+    if (i != last) Place(i, heap[last]);
     heap.pop_back();
     t->index = -1;
-    if (i < static_cast<int>(heap.size())) {
+    if (i < last) {
       Down(i);
       Up(i);
     }
@@ -458,18 +473,21 @@ P* ReleaseP(M* m) {
 // --- Run queues --------------------------------------------------------------
 
 // Puts g in p's local queue (in runnext if `next`), spilling half of a full
-// ring to the global queue. Executed only by p's owner M.
-void RunqPut(P* p, G* g, bool next) {
+// ring to the global queue. Executed only by p's owner M. Returns whether
+// the ring was full.
+bool RunqPut(P* p, G* g, bool next) {
   auto local = p->runq.local();
   if (next) {
     g = local.PushNext(g);
-    if (g == nullptr) return;
+    if (g == nullptr) return false;
   }
   RunQueue<G>::Overflow overflow;
   if (!local.Push(g, overflow)) {
     std::lock_guard<Lock> l(g_sched->lock);
     GlobRunqPutBatch(overflow.items, overflow.count);
+    return true;
   }
+  return false;
 }
 
 void StartM(P* p, bool spinning);
@@ -1136,11 +1154,13 @@ ParkResult HookPark(Parker* p, std::uint64_t seq, ParkCommitFn commit,
           "not use gort's blocking primitives",
           static_cast<unsigned long long>(g->id));
   }
-  Timer timer;
+  Timer& timer = g->timer;
   if (deadline != kNoDeadline) {
     timer.when = deadline;
     timer.parker = p;
     timer.seq = seq;
+    timer.index = -1;
+    timer.fired.store(false, std::memory_order_relaxed);
     AddTimer(m->p, &timer);
   }
   g->status.store(GStatus::kWaiting, std::memory_order_relaxed);
@@ -1465,12 +1485,33 @@ void EnsureStarted() {
   if (!g_running.load(std::memory_order_relaxed)) StartLocked(RuntimeOptions{});
 }
 
+void YieldHook(Fiber* from, void*);
+
+// Go's newproc. A fiber that spawns faster than the Ps drain the queues
+// (its ring overflowed, and the global queue holds more than a full ring
+// per P) yields once: back-pressure in place of the preemption Go's sysmon
+// would apply after 10 ms. Without it, a
+// loop that starts a million fibers runs to its end before any of them
+// starts, and all million wait at once; with it, started fibers run (and
+// recycle their stacks and Gs) while the loop goes on. Like any scheduling
+// point, this is invisible to a correct program: Go promises nothing about
+// when a new goroutine runs relative to its creator.
 void Spawn(G* g) {
   M* m = GetM();
   if (m != nullptr && m->p != nullptr && m->curg != nullptr &&
       !m->in_blocking) {
-    RunqPut(m->p, g, /*next=*/true);  // Go's newproc: the new G runs next
-  } else {
+    // Go's newproc: the new G runs next.
+    const bool overflowed = RunqPut(m->p, g, /*next=*/true);
+    WakeP();
+    if (overflowed && m->locked_g == nullptr &&
+        g_sched->runq_size.load(std::memory_order_relaxed) >
+            static_cast<std::int64_t>(RunQueue<G>::capacity()) *
+                g_sched->procs.load(std::memory_order_relaxed)) {
+      SwitchAway(/*exiting=*/false, &YieldHook, nullptr);
+    }
+    return;
+  }
+  {
     std::lock_guard<Lock> l(g_sched->lock);
     GlobRunqPut(g);
   }

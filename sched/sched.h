@@ -78,8 +78,15 @@ bool Shutdown(absl::Duration timeout = absl::InfiniteDuration());
 // dumps and leak reports. A callable of up to 56 bytes, aligned to at most
 // 8 (a lambda capturing seven pointers), is stored in the fiber's control
 // block itself: no heap allocation; a bigger one (an absl::AnyInvocable,
-// 16-aligned, say) is moved to the heap. If copying or moving `fn` throws, no fiber is started and
-// the exception propagates.
+// 16-aligned, say) is moved to the heap. If copying or moving `fn` throws,
+// no fiber is started and the exception propagates.
+//
+// Called from a fiber, Go() is a scheduling point when the fibers it starts
+// pile up faster than all Ps run them: it then yields once (back-pressure,
+// where Go would preempt the spawner after 10 ms), so that a loop starting
+// a million fibers does not hold a million unstarted ones at once. As with
+// every scheduling point, do not call it while holding an OS-level lock
+// (std::mutex) that another fiber may block its thread on.
 template <typename F>
 void Go(F&& fn, std::source_location site = std::source_location::current());
 

@@ -140,6 +140,37 @@ TEST_P(SchedTest, GoTakesFunctionPointersAndAnyInvocables) {
   EXPECT_EQ(ran.load(), 3);
 }
 
+// Go() yields only when started fibers pile up beyond what the Ps drain:
+// a few spawns never do; a long spawning loop lets its fibers start.
+TEST_P(SchedTest, SpawningLoopYieldsOnlyUnderBackPressure) {
+  if (GetParam() != 1) GTEST_SKIP() << "deterministic with one P only";
+  for (int n : {100, 20'000}) {
+    std::atomic<int> ran{0};
+    Latch done(1);
+    int ran_during_loop = -1;
+    Go([&] {
+      Latch all(n);
+      for (int i = 0; i < n; ++i) {
+        Go([&] {
+          ran.fetch_add(1, std::memory_order_relaxed);
+          all.Done();
+        });
+      }
+      ran_during_loop = ran.load(std::memory_order_relaxed);
+      all.Wait();
+      done.Done();
+    });
+    done.Wait();
+    if (n == 100) {
+      EXPECT_EQ(ran_during_loop, 0);
+    } else {
+      EXPECT_GT(ran_during_loop, 0);
+      EXPECT_LT(ran_during_loop, n);
+    }
+    EXPECT_EQ(ran.load(), n);
+  }
+}
+
 TEST_P(SchedTest, NumFibersCountsLiveFibers) {
   Latch started(10), release(1), finished(10);
   for (int i = 0; i < 10; ++i) {
