@@ -1369,7 +1369,9 @@ void SysmonLoop() {
         }
       } else if (st == kPRunning) {
         std::uint64_t c = p->sched_count.load(std::memory_order_relaxed);
-        if (c != p->seen_sched) {
+        // seen_sched_at == 0: first look at this P (its count may still be
+        // 0, as our initial seen_sched); not "running since time 0".
+        if (c != p->seen_sched || p->seen_sched_at == 0) {
           p->seen_sched = c;
           p->seen_sched_at = now;
           p->reported_long = false;
@@ -1485,7 +1487,7 @@ void EnsureStarted() {
   if (!g_running.load(std::memory_order_relaxed)) StartLocked(RuntimeOptions{});
 }
 
-void YieldHook(Fiber* from, void*);
+void GlobalReadyHook(Fiber* from, void*);
 
 // Go's newproc. A fiber that spawns faster than the Ps drain the queues
 // (its ring overflowed, and the global queue holds more than a full ring
@@ -1507,7 +1509,9 @@ void Spawn(G* g) {
         g_sched->runq_size.load(std::memory_order_relaxed) >
             static_cast<std::int64_t>(RunQueue<G>::capacity()) *
                 g_sched->procs.load(std::memory_order_relaxed)) {
-      SwitchAway(/*exiting=*/false, &YieldHook, nullptr);
+      // To the global queue's tail (Go's Gosched): the spawner resumes
+      // only once every P together has drained the backlog ahead of it.
+      SwitchAway(/*exiting=*/false, &GlobalReadyHook, nullptr);
     }
     return;
   }
