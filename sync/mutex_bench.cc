@@ -59,6 +59,7 @@ void RunThreads(F body) {
 // 1,000,000 times under one gort::Mutex. ns per increment.
 void BM_Mutex_Contended(benchmark::State& state) {
   SetMaxProcs(static_cast<int>(state.range(0)));
+  const std::uint64_t starving_before = sync_internal::MutexStarvationCount();
   for (auto _ : state) {
     Mutex mu;
     std::int64_t counter = 0;
@@ -75,6 +76,11 @@ void BM_Mutex_Contended(benchmark::State& state) {
     }
   }
   ReportPerOp(state, std::int64_t{kTasks} * kOpsPerTask);
+  // Switches to starvation mode per run: a diagnostic for W7's two modes.
+  state.counters["starving"] = benchmark::Counter(
+      static_cast<double>(sync_internal::MutexStarvationCount() -
+                          starving_before),
+      benchmark::Counter::kAvgIterations);
 }
 BENCHMARK(BM_Mutex_Contended)
     ->Arg(2)
