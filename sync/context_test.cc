@@ -450,18 +450,7 @@ TEST_P(ContextTest, StressConcurrentChildrenOfOneParent) {
       if (i % 64 == 0) Yield();
     }
   };
-  WaitGroup wg;
-  wg.Add(kFibers);
-  for (int f = 0; f < kFibers; ++f) {
-    Go([&, f] {
-      work(f);
-      wg.Done();
-    });
-  }
-  std::vector<std::thread> threads;
-  for (int t = 0; t < kThreads; ++t) threads.emplace_back(work, 1000 + t);
-  wg.Wait();
-  for (auto& t : threads) t.join();
+  testing::RunInFibersAndThreads(kFibers, kThreads, work);
   EXPECT_GT(done_seen.load(), 0);
   // Timers that fired may still be finishing their cancel.
   Await([&, parent = parent] { return NumChildrenForTest(parent) == 0; });

@@ -16,6 +16,7 @@
 #include "sched/sched.h"
 #include "sched/testing/runtime_test.h"
 #include "sync/context.h"
+#include "sync/testing/fibers.h"
 #include "sync/wait_group.h"
 
 namespace gort {
@@ -302,18 +303,7 @@ TEST_P(SemaphoreTest, StressHoldersNeverExceedTheSize) {
       sem.Release(n);
     }
   };
-  WaitGroup wg;
-  wg.Add(kFibers);
-  for (int f = 0; f < kFibers; ++f) {
-    Go([&, f] {
-      work(f);
-      wg.Done();
-    });
-  }
-  std::vector<std::thread> threads;
-  for (int t = 0; t < kThreads; ++t) threads.emplace_back(work, 100 + t);
-  wg.Wait();
-  for (auto& t : threads) t.join();
+  testing::RunInFibersAndThreads(kFibers, kThreads, work);
   EXPECT_LE(max_in_flight.load(), kSize);
   EXPECT_GT(max_in_flight.load(), 0);
   EXPECT_EQ(sem.HeldForTest(), 0);
