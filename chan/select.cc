@@ -10,7 +10,9 @@
 //    order (each distinct channel once), poll again and queue its waiters
 //    under those locks, so no case can become ready unnoticed between the
 //    poll and the queueing; locking in one global order means two selects
-//    that share channels cannot deadlock.
+//    that share channels cannot deadlock. A non-blocking select over two or
+//    more channels also polls again under all locks before it reports that
+//    none was ready, so "none" held at one instant (as in Go).
 //  - A blocked select has one Waiter per non-nil case, all with the same
 //    ticket and SelectState. The first completer claims SelectState::done
 //    under its channel's lock, completes that case, and unparks the ticket;
@@ -97,6 +99,34 @@ int TryLocked(SelectCase& sc, bool* received, ParkTicket* wake) {
   return 1;
 }
 
+// Fires the first ready case in poll order with every channel of `locks`
+// locked by the caller. If one fired, unlocks them all, unparks whom the
+// case woke and returns its index; else returns -1 with the locks held.
+int PollAllLocked(SelectCase* cases, int n, const int* poll, Locks& locks,
+                  bool* received) {
+  for (int k = 0; k < n; ++k) {
+    const int i = poll[k];
+    if (cases[i].chan == nullptr) continue;
+    ParkTicket wake;
+    const int r = TryLocked(cases[i], received, &wake);
+    if (r == 0) continue;
+    locks.UnlockAll();
+    if (r < 0) ThrowChanError(ChanErrorKind::kSendOnClosed);
+    if (wake) Unpark(wake);
+    return i;
+  }
+  return -1;
+}
+
+// A non-blocking poll of every case at one instant: all locks held.
+int PollLocked(SelectCase* cases, int n, const int* poll, Locks& locks,
+               bool* received) {
+  locks.LockAll();
+  const int i = PollAllLocked(cases, n, poll, locks, received);
+  if (i < 0) locks.UnlockAll();
+  return i;
+}
+
 }  // namespace
 
 int SelectImpl(SelectCase* cases, int n, bool block, bool* received) {
@@ -109,9 +139,10 @@ int SelectImpl(SelectCase* cases, int n, bool block, bool* received) {
   }
   // Pass 0: try the cases one at a time, in poll order, each under its own
   // lock only. A ready case fires here with one lock taken instead of all
-  // of them. This is still Go's semantics: the select behaves as if it had
-  // polled the cases at the instants it looked at them, and when several
-  // are ready throughout, the random order picks each equally often.
+  // of them: the select behaves as if it had polled that case first, at the
+  // instant it looked, which Go's semantics allow; when several are ready
+  // throughout, the random order picks each equally often. "None ready" is
+  // answered only after a poll under all locks (pass 1, or PollLocked).
   for (int k = 0; k < n; ++k) {
     const int i = poll[k];
     ChanCore* c = cases[i].chan;
@@ -126,7 +157,6 @@ int SelectImpl(SelectCase* cases, int n, bool block, bool* received) {
       return i;
     }
   }
-  if (!block) return -1;
 
   // Lock order: distinct non-nil channels by address.
   SmallArray<ChanCore*, 8> chans(n);
@@ -137,7 +167,15 @@ int SelectImpl(SelectCase* cases, int n, bool block, bool* received) {
   std::sort(chans.data(), chans.data() + nchans);
   nchans = static_cast<int>(std::unique(chans.data(), chans.data() + nchans) -
                             chans.data());
+  if (!block && nchans <= 1) return -1;  // pass 0 was already atomic
   Locks locks{chans.data(), nchans};
+  if (!block) {
+    // Pass 0 looked at the channels one at a time, so "none was ready" may
+    // not have held at any single instant (A filled after we looked at it,
+    // B drained before). Go's selectgo polls under all locks; so do we
+    // before answering "none" for several channels.
+    return PollLocked(cases, n, poll.data(), locks, received);
+  }
   // The waiter records are made before the locks are taken: for more than
   // 8 cases they come from the heap, and nothing may throw under the locks.
   Parker* const self = Parker::Current();
@@ -147,15 +185,8 @@ int SelectImpl(SelectCase* cases, int n, bool block, bool* received) {
   // Pass 1: with every lock held, is a case ready now? (Then none can
   // become ready before our waiters are queued.)
   locks.LockAll();
-  for (int k = 0; k < n; ++k) {
-    const int i = poll[k];
-    if (cases[i].chan == nullptr) continue;
-    ParkTicket wake;
-    const int r = TryLocked(cases[i], received, &wake);
-    if (r == 0) continue;
-    locks.UnlockAll();
-    if (r < 0) ThrowChanError(ChanErrorKind::kSendOnClosed);
-    if (wake) Unpark(wake);
+  if (const int i = PollAllLocked(cases, n, poll.data(), locks, received);
+      i >= 0) {
     return i;
   }
   if (nchans == 0) {

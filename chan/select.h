@@ -134,6 +134,36 @@ class SendCase {
   std::optional<T> copy_;  // used only if !kDirect
 };
 
+// SelectSet's send case. A set may be selected on again, so each run sends
+// a copy of *value as it is at that run: the copy is made in Describe(),
+// before any lock is taken (a copy that may throw goes into copy_ first,
+// as in SendCase), never once for all runs.
+template <typename T>
+class SetSendCase {
+  static constexpr bool kDirect = std::is_nothrow_copy_constructible_v<T>;
+
+ public:
+  SetSendCase(const Chan<T>& ch, const T* value)
+      : core_(CoreOf(ch)), value_(value) {}
+  SetSendCase(const SetSendCase&) = delete;  // copy_ is pointed into
+  SelectCase Describe() {
+    if constexpr (kDirect) {
+      return {core_, true, AddressOf(*value_), &PutFrom<T, const T&>};
+    } else {
+      copy_.emplace(*value_);
+      return {core_, true, &*copy_, &PutFrom<T, T&&>};
+    }
+  }
+  void Finish(bool) {
+    if constexpr (!kDirect) copy_.reset();
+  }
+
+ private:
+  ChanCore* core_;
+  const T* value_;
+  std::optional<T> copy_;  // used only if !kDirect
+};
+
 struct DefaultCase {};
 
 template <typename C>
@@ -242,12 +272,12 @@ class SelectSet {
     return Add(std::make_unique<Holder<T, chan_internal::RecvCase<T>>>(
         ch, out, ok, nullptr));
   }
-  // Sends a copy of *value if this case fires (value must stay valid).
+  // Sends a copy of *value, as it is when Select()/TrySelect() runs, if
+  // this case fires (value must stay valid while the set is used).
   template <typename T>
   int AddSend(const Chan<T>& ch, const std::type_identity_t<T>* value) {
-    return Add(
-        std::make_unique<Holder<T, chan_internal::SendCase<T, const T&>>>(
-            ch, *value));
+    return Add(std::make_unique<Holder<T, chan_internal::SetSendCase<T>>>(
+        ch, value));
   }
   // Convenience for AddRecv with a `char` flag (std::vector<bool> has no
   // bool*): *ok is set to 1 for a value, 0 for closed.

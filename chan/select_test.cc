@@ -6,6 +6,7 @@
 #include <atomic>
 #include <memory>
 #include <numeric>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -468,6 +469,34 @@ TEST_P(SelectTest, SelectSetFansIn) {
   EXPECT_EQ(send.TrySelect(), 0);
   EXPECT_EQ(send.TrySelect(), -1);  // full now
   EXPECT_EQ(out.Recv(), 5);
+}
+
+// A set's send case sends a fresh copy of *value on every run, as it is at
+// that run: never a moved-from leftover of an earlier run (std::string's
+// copy may throw, so it takes the copy-before-locking path).
+TEST_P(SelectTest, SelectSetSendsAFreshCopyEachRun) {
+  Chan<std::string> out = MakeChan<std::string>(1);
+  std::string value = "hello";
+  SelectSet set;
+  set.AddSend(out, &value);
+  for (int run = 0; run < 3; ++run) {
+    ASSERT_EQ(set.Select(), 0);
+    EXPECT_EQ(*out.Recv(), "hello") << "run " << run;
+  }
+  EXPECT_EQ(value, "hello");  // the caller's value is only copied
+  value = "changed";
+  ASSERT_EQ(set.TrySelect(), 0);
+  EXPECT_EQ(*out.Recv(), "changed");
+  // int (a nothrow copy) is sent straight from *value, also as it is now.
+  Chan<int> ints = MakeChan<int>(1);
+  int n = 1;
+  SelectSet set2;
+  set2.AddSend(ints, &n);
+  ASSERT_EQ(set2.Select(), 0);
+  n = 2;
+  EXPECT_EQ(*ints.Recv(), 1);
+  ASSERT_EQ(set2.Select(), 0);
+  EXPECT_EQ(*ints.Recv(), 2);
 }
 
 }  // namespace
