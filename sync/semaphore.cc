@@ -10,16 +10,17 @@
 //    Waiter's `granted`. 0 <= cur_ <= size_ whenever mu_ is free (a Release
 //    that would break it is fatal).
 //  - FIFO: no one takes units while the queue is non-empty except the head
-//    of the queue, granted by NotifyWaitersLocked(). After any operation
+//    of the queue, granted by NotifyWaitersAndUnlock(). After any operation
 //    either the queue is empty or its head does not fit (size_ - cur_ <
 //    head_->n); so every queued waiter is waiting for units, not for a
 //    wake-up.
 //  - A waiter is granted (units added to cur_, unlinked, `granted` set,
-//    `ready` closed) or removed by its own task after ctx is done, both under
-//    mu_, never both. A Waiter record lives on its task's stack until that
-//    task returns from Acquire; the task either saw `ready` closed (the
-//    granter no longer touches the record after closing it under mu_, and
-//    closes a copy of the channel handle) or took mu_ itself.
+//    a copy of its `ready` handle taken) or removed by its own task after
+//    ctx is done, both under mu_, never both. The granter closes `ready`
+//    (the copy) only after releasing mu_, and touches neither the record
+//    nor the semaphore after that: a Waiter record lives on its task's
+//    stack until that task returns from Acquire, which it may do as soon
+//    as `ready` is closed, and its caller may then destroy the semaphore.
 
 namespace gort {
 
@@ -45,18 +46,33 @@ void Semaphore::Unlink(Waiter* w) {
   w->prev = w->next = nullptr;
 }
 
-void Semaphore::NotifyWaitersLocked() {
-  while (Waiter* w = head_) {
-    // Not enough for the head: stop, even if a later one would fit (FIFO;
-    // otherwise a large waiter could be starved by small ones).
-    if (size_ - cur_ < w->n) break;
-    cur_ += w->n;
-    Unlink(w);
-    w->granted = true;
-    // A copy: once closed, the waiter may return and destroy its record
-    // (and its handle) at any moment.
-    DoneChan ready = w->ready;
-    ready.Close();
+void Semaphore::NotifyWaitersAndUnlock() {
+  // Grantees' channels are closed only after mu_ is released: a woken
+  // waiter may return at once and its caller destroy the semaphore, so the
+  // last touch of *this comes before the first Close. The handles are
+  // copies: a waiter's record may be gone too. In batches, so that nothing
+  // allocates (or throws) under mu_.
+  constexpr int kBatch = 8;
+  DoneChan ready[kBatch];
+  for (;;) {
+    int k = 0;
+    while (Waiter* w = head_) {
+      // Not enough for the head: stop, even if a later one would fit
+      // (FIFO; otherwise a large waiter could be starved by small ones).
+      if (size_ - cur_ < w->n || k == kBatch) break;
+      cur_ += w->n;
+      Unlink(w);
+      w->granted = true;
+      ready[k++] = w->ready;
+    }
+    // More grantees than one batch: the ones still queued are calls in
+    // progress, so *this stays alive while we come back for them.
+    const bool more = k == kBatch && head_ != nullptr &&
+                      size_ - cur_ >= head_->n;
+    mu_.unlock();
+    for (int i = 0; i < k; ++i) ready[i].Close();
+    if (!more) return;
+    mu_.lock();
   }
 }
 
@@ -98,17 +114,15 @@ absl::Status Semaphore::Acquire(const Context& ctx, std::int64_t n) {
     return absl::OkStatus();
   }
   // ctx is done. We may have been granted meanwhile: then give the units
-  // back; else leave the queue.
-  std::lock_guard<sched_internal::Lock> l(mu_);
+  // back; else leave the queue (we may have been what held the others
+  // back). Either way, let whoever fits now proceed.
+  mu_.lock();
   if (w.granted) {
     cur_ -= n;
-    NotifyWaitersLocked();
   } else {
-    const bool was_head = head_ == &w;
     Unlink(&w);
-    // We may have been what held the others back.
-    if (was_head && size_ > cur_) NotifyWaitersLocked();
   }
+  NotifyWaitersAndUnlock();
   return ctx.Err();
 }
 
@@ -130,8 +144,7 @@ void Semaphore::Release(std::int64_t n) {
     mu_.unlock();
     Fatal("semaphore: released more than held");
   }
-  NotifyWaitersLocked();
-  mu_.unlock();
+  NotifyWaitersAndUnlock();
 }
 
 std::int64_t Semaphore::HeldForTest() {

@@ -36,7 +36,11 @@
 // and ctx.Done(): WaitReason::kSelect) and leaves its OS thread to other
 // fibers; a waiting thread sleeps. Only //sched:park and //chan are needed.
 // The Semaphore may be destroyed once no call is in progress or will be
-// made; units still held then are simply forgotten.
+// made; units still held then are simply forgotten. An Acquire that has
+// returned is not in progress, even if the Release that granted it has not
+// returned yet: the releaser no longer touches the semaphore once it wakes
+// anyone (x/sync's "Acquire(size) to wait for all workers", then return,
+// is safe).
 //
 // Memory ordering: a Release(n) happens-before the return of every Acquire
 // or TryAcquire that obtains any of the units it returned (more precisely,
@@ -94,7 +98,9 @@ class Semaphore {
   };
 
   void Unlink(Waiter* w);
-  void NotifyWaitersLocked();
+  // Grants units to the waiters at the head of the queue while they fit.
+  // Called with mu_ held; returns with it released.
+  void NotifyWaitersAndUnlock();
 
   const std::int64_t size_;
   sched_internal::Lock mu_;

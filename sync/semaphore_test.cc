@@ -266,6 +266,56 @@ TEST_P(SemaphoreTest, StressCancelRacesWithRelease) {
   EXPECT_EQ(acquired + cancelled, kRounds);
 }
 
+// x/sync's "wait for every worker": Acquire the whole size, then destroy
+// the semaphore at once, while the Release that granted it may still be
+// running (ASan catches a releaser that touches it after waking us).
+TEST_P(SemaphoreTest, DestroyRightAfterTheGrantingAcquireReturns) {
+  constexpr int kWorkers = 4;
+  const int kRounds = 300 / kScale;
+  for (int round = 0; round < kRounds; ++round) {
+    auto* sem = new Semaphore(kWorkers);
+    ASSERT_TRUE(sem->TryAcquire(kWorkers));  // each worker holds one
+    Chan<int> done = MakeChan<int>(1);
+    Go([sem, done] {
+      EXPECT_TRUE(sem->Acquire(Background(), kWorkers).ok());
+      delete sem;
+      done.Send(0);
+    });
+    std::vector<std::thread> workers;
+    for (int w = 0; w < kWorkers; ++w) {
+      if (w % 2 == 0) {
+        workers.emplace_back([sem] { sem->Release(1); });
+      } else {
+        Go([sem] { sem->Release(1); });
+      }
+    }
+    for (auto& t : workers) t.join();
+    done.Recv();
+  }
+}
+
+// More grantees than NotifyWaitersAndUnlock's batch of 8, freed by one
+// Release: every one of them is granted, in order.
+TEST_P(SemaphoreTest, OneReleaseGrantsMoreThanABatch) {
+  constexpr int kWaiters = 21;
+  Semaphore sem(kWaiters);
+  ASSERT_TRUE(sem.TryAcquire(kWaiters));
+  WaitGroup wg;
+  wg.Add(kWaiters);
+  for (int i = 0; i < kWaiters; ++i) {
+    Go([&] {
+      EXPECT_TRUE(sem.Acquire(Background(), 1).ok());
+      wg.Done();
+    });
+  }
+  Await([&] { return sem.WaitersForTest() == kWaiters; });
+  sem.Release(kWaiters);
+  wg.Wait();
+  EXPECT_EQ(sem.HeldForTest(), kWaiters);
+  EXPECT_EQ(sem.WaitersForTest(), 0);
+  sem.Release(kWaiters);
+}
+
 // Fibers and threads take random weights; the total held never exceeds the
 // size, and everything is given back.
 TEST_P(SemaphoreTest, StressHoldersNeverExceedTheSize) {
