@@ -611,6 +611,13 @@ void StartM(P* p, bool spinning) {
   M* m = nullptr;
   {
     std::lock_guard<Lock> l(g_sched->lock);
+    if (g_sched->stopping.load(std::memory_order_acquire)) {
+      // Shutdown sets `stopping` before it snapshots allm under this lock:
+      // a thread started now would never be joined (and would outlive the
+      // runtime it points into).
+      if (spinning) g_sched->nmspinning.fetch_sub(1, std::memory_order_seq_cst);
+      return;
+    }
     if (p == nullptr) {
       p = PIdleGet();
       if (p == nullptr) {
@@ -768,7 +775,13 @@ G* FindRunnable(M* m) {
 top:
   if (g_sched->stopping.load(std::memory_order_acquire)) return nullptr;
   P* p = m->p;
-  if (PRetired(p) && ReleaseRetiredP(m)) goto nop;
+  if (PRetired(p)) {
+    // Stop spinning first: ReleaseRetiredP's WakeP must not count us as
+    // the spinning M that will find the work (its Gs, or the G that got us
+    // woken), since we are about to sleep without looking.
+    if (m->spinning) ResetSpinning(m);
+    if (ReleaseRetiredP(m)) goto nop;
+  }
   {
     std::int64_t now = MonoNow();
     RunAllTimers(now);
@@ -793,15 +806,19 @@ top:
       }
       if (G* g = StealWork(m)) return g;
     }
-    // Nothing: give up the P.
+    // Nothing: give up the P (or retire it, if SetMaxProcs shrank
+    // meanwhile: a retired P on the idle list would be handed out again).
     {
       std::lock_guard<Lock> l(g_sched->lock);
       if (g_sched->runq_size.load(std::memory_order_relaxed) > 0) {
         if (G* g = GlobRunqGet(p, 0)) return g;
       }
-      ReleaseP(m);
-      PIdlePut(p);
+      if (!PRetired(p)) {
+        ReleaseP(m);
+        PIdlePut(p);
+      }
     }
+    if (m->p != nullptr) goto top;  // retired: top gives it up
     if (m->spinning) {
       m->spinning = false;
       g_sched->nmspinning.fetch_sub(1, std::memory_order_seq_cst);
@@ -1321,11 +1338,17 @@ void HandoffP(P* p) {
   {
     std::lock_guard<Lock> l(g_sched->lock);
     // Re-check under the lock (Go's handoffp does too): a G queued
-    // globally since the check above saw no idle P to wake.
-    if (g_sched->runq_size.load(std::memory_order_relaxed) == 0) {
+    // globally since the check above saw no idle P to wake. A P retired
+    // since the check at the top must not go on the idle list.
+    if (g_sched->runq_size.load(std::memory_order_relaxed) == 0 &&
+        !PRetired(p)) {
       PIdlePut(p);
       return;
     }
+  }
+  if (PRetired(p)) {
+    HandoffP(p);  // retires it (its first branch)
+    return;
   }
   StartM(p, /*spinning=*/false);
 }
@@ -1398,10 +1421,16 @@ void SysmonLoop() {
       TrimIdleStacks();
       next_stack_trim = now + 1'000'000'000;
     }
-    // Overdue timers with nobody to run them: wake an M.
+    // Overdue timers with nobody to run them: their Ps may all be busy in
+    // fibers that reach no scheduling point, with no P idle for WakeP to
+    // start. Fire them here: the Gs they wake go to the global queue, which
+    // every busy P looks at within 61 schedules (and WakeP starts an idle
+    // one, if any).
     if (EarliestTimer() < now - 1'000'000 &&
         g_sched->timer_sleeper.load(std::memory_order_acquire) == nullptr) {
+      RunAllTimers(now);
       WakeP();
+      acted = true;
     }
     if (now >= next_trace) {
       SchedStats s = GetSchedStats();
@@ -1589,12 +1618,17 @@ bool Running() { return g_running.load(std::memory_order_acquire); }
 
 bool Shutdown(absl::Duration timeout) {
   if (GetM() != nullptr) Fatal("gort::Shutdown called from a fiber's thread");
-  std::lock_guard<std::mutex> l(g_start_mu);
+  const absl::Time deadline = absl::Now() + timeout;
+  // g_start_mu is held only for each look, not across the wait: a live
+  // fiber may need it (SetMaxProcs) in order to finish.
+  std::unique_lock<std::mutex> l(g_start_mu);
   if (!g_running.load(std::memory_order_acquire)) return true;
-  absl::Time deadline = absl::Now() + timeout;
   while (LiveGs() > 0) {
     if (absl::Now() >= deadline) return false;
+    l.unlock();
     absl::SleepFor(absl::Milliseconds(1));
+    l.lock();
+    if (!g_running.load(std::memory_order_acquire)) return true;
   }
   g_sched->stopping.store(true, std::memory_order_seq_cst);
   NoteWakeup(&g_sched->sysmon_note);

@@ -241,6 +241,36 @@ TEST_P(SchedTest, BusyYieldersDoNotStarveATimer) {
   done.Wait();
 }
 
+// A sleeper's timer sits on a P whose fiber spins without a scheduling
+// point, while the other Ps are kept busy by yielders: no P is idle, so
+// only the monitor can fire the timer (its G then goes to the global
+// queue, which the yielders' Ps look at every 61st schedule). Needs 2 Ps.
+TEST_P(SchedTest, OverdueTimerFiresWhileEveryPIsBusy) {
+  if (GetParam() < 2) GTEST_SKIP() << "needs a second P for the yielders";
+  std::atomic<bool> woke{false};
+  const int yielders = 2 * GetParam();
+  Latch done(2 + yielders);
+  for (int i = 0; i < yielders; ++i) {
+    Go([&] {
+      while (!woke.load()) Yield();
+      done.Done();
+    });
+  }
+  Go([&] {
+    // The spinner is readied in this P's runnext, so it runs here next:
+    // right after the sleeper parks, on the P that holds the timer.
+    Go([&] {
+      while (!woke.load()) {
+      }
+      done.Done();
+    });
+    gort::Sleep(absl::Milliseconds(2));
+    woke.store(true);
+    done.Done();
+  });
+  done.Wait();
+}
+
 TEST_P(SchedTest, SleepWaitsAtLeastTheDuration) {
   Latch done(1);
   Go([&] {
@@ -639,6 +669,40 @@ TEST(SchedLifecycleTest, ShutdownTimesOutWhileFibersLive) {
   release.Done();
   finished.Wait();
   EXPECT_TRUE(Shutdown());
+}
+
+// Shutdown waits for live fibers without holding the lock that
+// SetMaxProcs takes: a fiber that calls it can still finish.
+TEST(SchedLifecycleTest, ShutdownWaitsForAFiberThatCallsSetMaxProcs) {
+  Start();
+  Latch started(1);
+  Go([&] {
+    started.Done();
+    gort::Sleep(absl::Milliseconds(20));  // Shutdown is waiting by now
+    SetMaxProcs(1);
+    SetMaxProcs(2);
+  });
+  started.Wait();
+  EXPECT_TRUE(Shutdown());
+  EXPECT_FALSE(Running());
+}
+
+// Shrinking MaxProcs while plain threads ready fibers onto an idle
+// runtime: every fiber still runs (a spinning M woken for a G must not
+// take a P that is being retired and go to sleep without passing the
+// work on).
+TEST_P(SchedTest, ShrinkingMaxProcsLosesNoWakeups) {
+  const int kRounds = 2000 / kScale;
+  for (int i = 0; i < kRounds; ++i) {
+    SetMaxProcs(GetParam() + 1);
+    Latch done(2);
+    std::thread t([&] { Go([&] { done.Done(); }); });
+    SetMaxProcs(1);
+    Go([&] { done.Done(); });
+    t.join();
+    done.Wait();
+  }
+  SetMaxProcs(GetParam());
 }
 
 TEST(SchedLifecycleTest, RunMainRunsMainAsAFiber) {
