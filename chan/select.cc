@@ -10,9 +10,9 @@
 //    order (each distinct channel once), poll again and queue its waiters
 //    under those locks, so no case can become ready unnoticed between the
 //    poll and the queueing; locking in one global order means two selects
-//    that share channels cannot deadlock. A non-blocking select over two or
-//    more channels also polls again under all locks before it reports that
-//    none was ready, so "none" held at one instant (as in Go).
+//    that share channels cannot deadlock. A non-blocking select with two or
+//    more non-nil cases also polls again under all locks before it reports
+//    that none was ready, so "none" held at one instant (as in Go).
 //  - A blocked select has one Waiter per non-nil case, all with the same
 //    ticket and SelectState. The first completer claims SelectState::done
 //    under its channel's lock, completes that case, and unparks the ticket;
@@ -164,10 +164,12 @@ int SelectImpl(SelectCase* cases, int n, bool block, bool* received) {
   for (int i = 0; i < n; ++i) {
     if (cases[i].chan != nullptr) chans[nchans++] = cases[i].chan;
   }
+  // One non-nil case: pass 0 looked at it once, atomically. Two cases on
+  // one channel (a send and a receive) were looked at twice: poll again.
+  if (!block && nchans <= 1) return -1;
   std::sort(chans.data(), chans.data() + nchans);
   nchans = static_cast<int>(std::unique(chans.data(), chans.data() + nchans) -
                             chans.data());
-  if (!block && nchans <= 1) return -1;  // pass 0 was already atomic
   Locks locks{chans.data(), nchans};
   if (!block) {
     // Pass 0 looked at the channels one at a time, so "none was ready" may

@@ -1307,6 +1307,7 @@ void HandoffP(P* p) {
     {
       std::lock_guard<Lock> l(g_sched->lock);
       if (PRetired(p)) {
+        FlushGFree(p);  // we own p: its free Gs stay usable by the others
         p->status.store(kPRetired, std::memory_order_release);
         auto local = p->runq.local();
         while (G* g = local.Pop()) GlobRunqPut(g);

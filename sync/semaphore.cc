@@ -15,12 +15,13 @@
 //    head_->n); so every queued waiter is waiting for units, not for a
 //    wake-up.
 //  - A waiter is granted (units added to cur_, unlinked, `granted` set,
-//    a copy of its `ready` handle taken) or removed by its own task after
-//    ctx is done, both under mu_, never both. The granter closes `ready`
-//    (the copy) only after releasing mu_, and touches neither the record
-//    nor the semaphore after that: a Waiter record lives on its task's
-//    stack until that task returns from Acquire, which it may do as soon
-//    as `ready` is closed, and its caller may then destroy the semaphore.
+//    linked into the granter's list) or removed by its own task after ctx
+//    is done, both under mu_, never both. The granter closes each `ready`
+//    (through a copy of the handle, read with the next link before the
+//    close) only after releasing mu_, and touches neither that record nor
+//    the semaphore afterwards. A Waiter record lives on its task's stack
+//    until its `ready` is closed (a granted waiter whose ctx is done waits
+//    for that too); once it returns, its caller may destroy the semaphore.
 
 namespace gort {
 
@@ -49,30 +50,27 @@ void Semaphore::Unlink(Waiter* w) {
 void Semaphore::NotifyWaitersAndUnlock() {
   // Grantees' channels are closed only after mu_ is released: a woken
   // waiter may return at once and its caller destroy the semaphore, so the
-  // last touch of *this comes before the first Close. The handles are
-  // copies: a waiter's record may be gone too. In batches, so that nothing
-  // allocates (or throws) under mu_.
-  constexpr int kBatch = 8;
-  DoneChan ready[kBatch];
-  for (;;) {
-    int k = 0;
-    while (Waiter* w = head_) {
-      // Not enough for the head: stop, even if a later one would fit
-      // (FIFO; otherwise a large waiter could be starved by small ones).
-      if (size_ - cur_ < w->n || k == kBatch) break;
-      cur_ += w->n;
-      Unlink(w);
-      w->granted = true;
-      ready[k++] = w->ready;
-    }
-    // More grantees than one batch: the ones still queued are calls in
-    // progress, so *this stays alive while we come back for them.
-    const bool more = k == kBatch && head_ != nullptr &&
-                      size_ - cur_ >= head_->n;
-    mu_.unlock();
-    for (int i = 0; i < k; ++i) ready[i].Close();
-    if (!more) return;
-    mu_.lock();
+  // last touch of *this comes before the first Close. The grantees are
+  // linked through their records (nothing allocates under mu_); a record
+  // lives until its `ready` is closed, even on Acquire's cancel path, so
+  // each one's link and handle are read before it is closed, never after.
+  Waiter* granted = nullptr;
+  Waiter** link = &granted;
+  while (Waiter* w = head_) {
+    // Not enough for the head: stop, even if a later one would fit (FIFO;
+    // otherwise a large waiter could be starved by small ones).
+    if (size_ - cur_ < w->n) break;
+    cur_ += w->n;
+    Unlink(w);
+    w->granted = true;
+    *link = w;
+    link = &w->granted_next;
+  }
+  mu_.unlock();
+  while (granted != nullptr) {
+    DoneChan ready = granted->ready;  // a copy: the record may go next
+    granted = granted->granted_next;
+    ready.Close();
   }
 }
 
@@ -113,15 +111,18 @@ absl::Status Semaphore::Acquire(const Context& ctx, std::int64_t n) {
     }
     return absl::OkStatus();
   }
-  // ctx is done. We may have been granted meanwhile: then give the units
-  // back; else leave the queue (we may have been what held the others
-  // back). Either way, let whoever fits now proceed.
+  // ctx is done. We may have been granted meanwhile: then wait until the
+  // granter has closed `ready` (it reads our record until then) and give
+  // the units back. Else leave the queue, and let whoever fits now proceed
+  // (we may have been what held the others back).
   mu_.lock();
   if (w.granted) {
-    cur_ -= n;
-  } else {
-    Unlink(&w);
+    mu_.unlock();
+    w.ready.Recv();
+    Release(n);
+    return ctx.Err();
   }
+  Unlink(&w);
   NotifyWaitersAndUnlock();
   return ctx.Err();
 }

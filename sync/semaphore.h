@@ -95,6 +95,7 @@ class Semaphore {
     bool granted = false;
     Waiter* prev = nullptr;
     Waiter* next = nullptr;
+    Waiter* granted_next = nullptr;  // the granter's list, once granted
   };
 
   void Unlink(Waiter* w);

@@ -294,9 +294,9 @@ TEST_P(SemaphoreTest, DestroyRightAfterTheGrantingAcquireReturns) {
   }
 }
 
-// More grantees than NotifyWaitersAndUnlock's batch of 8, freed by one
-// Release: every one of them is granted, in order.
-TEST_P(SemaphoreTest, OneReleaseGrantsMoreThanABatch) {
+// Many grantees (a list linked through their records), freed by one
+// Release: every one of them is granted.
+TEST_P(SemaphoreTest, OneReleaseGrantsManyWaiters) {
   constexpr int kWaiters = 21;
   Semaphore sem(kWaiters);
   ASSERT_TRUE(sem.TryAcquire(kWaiters));
