@@ -20,6 +20,12 @@
 // block (start a fiber with gort::Go from it to do more) and must not throw
 // (an exception from it is a fatal error). Only //sched:park
 // is needed: these work with or without the scheduler.
+//
+// The timer thread is not part of gort's runtime and outlives
+// gort::Shutdown(): stop the AfterFunc timers whose functions call
+// gort::Go before shutting the runtime down. One that fires during
+// Shutdown races with it, as any thread calling Go() then does; one that
+// fires after it starts the runtime again, with default options.
 
 #ifndef GORT_CHAN_TIME_H_
 #define GORT_CHAN_TIME_H_

@@ -127,6 +127,7 @@ struct Result {
   std::int64_t peak_live = 0;
   std::int64_t delta_bytes = 0;  // peak RSS over the baseline
   std::int64_t peak_bytes = 0;
+  bool rss_measured = false;  // false: the peak could not be reset
 };
 
 Result RunFibers(const Flags& flags) {
@@ -134,7 +135,7 @@ Result RunFibers(const Flags& flags) {
   const absl::Duration sleep = absl::Milliseconds(flags.sleep_ms);
   Result r;
   const std::int64_t baseline = CurrentRss();
-  ResetPeakRss();
+  r.rss_measured = ResetPeakRss();
   gort::WaitGroup wg;
   wg.Add(n);
   const auto start = std::chrono::steady_clock::now();
@@ -163,8 +164,13 @@ Result RunThreads(const Flags& flags) {
   const std::int64_t n = flags.threads;
   const auto sleep = std::chrono::milliseconds(flags.sleep_ms);
   Result r;
+  // The fiber phase's freed stacks are still pooled (resident); the
+  // monitor would give them back during this phase, shrinking RSS while
+  // threads grow it, and the difference would understate the threads.
+  // Give them back now, before the baseline.
+  gort::ReleaseStackCache();
   const std::int64_t baseline = CurrentRss();
-  const bool reset = ResetPeakRss();
+  r.rss_measured = ResetPeakRss();
   gort::WaitGroup wg;
   wg.Add(n);
   const auto start = std::chrono::steady_clock::now();
@@ -179,7 +185,7 @@ Result RunThreads(const Flags& flags) {
   wg.Wait();  // parks the main fiber; the threads signal it
   r.wall_s = Seconds(std::chrono::steady_clock::now() - start);
   r.peak_bytes = PeakRss();
-  r.delta_bytes = reset ? r.peak_bytes - baseline : 0;
+  r.delta_bytes = r.peak_bytes - baseline;
   return r;
 }
 
@@ -208,6 +214,11 @@ int main(int argc, char** argv) {
 
   return gort::RunMain([&flags] {
     const Result f = RunFibers(flags);
+    if (!f.rss_measured) {
+      std::printf(
+          "note: /proc/self/clear_refs is not writable, so peak RSS is the "
+          "process's peak so far, not this phase's; RSS figures are n/a\n");
+    }
     const gort::StackStats st = gort::GetStackStats();
     const double fiber_live =
         double(f.delta_bytes) / double(std::max<std::int64_t>(f.peak_live, 1));
@@ -239,12 +250,18 @@ int main(int argc, char** argv) {
         Count(t.peak_live).c_str(), Bytes(thread_live).c_str());
     const double fiber_rate = double(flags.fibers) / f.spawn_s;
     const double thread_rate = double(flags.threads) / t.spawn_s;
-    std::printf(
-        "fibers vs threads: %.1fx the start rate (%s/s vs %s/s), %.1fx less "
-        "RSS per live task (%s vs %s)\n",
-        fiber_rate / thread_rate, Count(std::int64_t(fiber_rate)).c_str(),
-        Count(std::int64_t(thread_rate)).c_str(), thread_live / fiber_live,
-        Bytes(fiber_live).c_str(), Bytes(thread_live).c_str());
+    std::printf("fibers vs threads: %.1fx the start rate (%s/s vs %s/s)",
+                fiber_rate / thread_rate,
+                Count(std::int64_t(fiber_rate)).c_str(),
+                Count(std::int64_t(thread_rate)).c_str());
+    if (f.rss_measured && t.rss_measured && fiber_live > 0 &&
+        thread_live > 0) {
+      std::printf(", %.1fx less RSS per live task (%s vs %s)\n",
+                  thread_live / fiber_live, Bytes(fiber_live).c_str(),
+                  Bytes(thread_live).c_str());
+    } else {
+      std::printf("; RSS per live task n/a\n");
+    }
     return 0;
   });
 }

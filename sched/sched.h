@@ -69,8 +69,10 @@ bool Running();
 // Waits until every fiber has finished (at most `timeout`), then stops and
 // joins all Ms and the monitor and frees the runtime's memory. Returns false,
 // leaving the runtime running, if fibers are still alive at the timeout.
-// Must be called from a plain thread, not from a fiber. The runtime may be
-// started again afterwards.
+// Must be called from a plain thread, not from a fiber, and no other
+// thread may call Go() while it runs (that includes gort::AfterFunc
+// functions: stop those timers first). The runtime may be started again
+// afterwards; a Go() after Shutdown starts it with default options.
 bool Shutdown(absl::Duration timeout = absl::InfiniteDuration());
 
 // Starts a fiber running `fn` (any movable callable taking no arguments;
