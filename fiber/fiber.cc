@@ -195,7 +195,11 @@ void Fiber::BadSuspend(Fiber* f) {
       static_cast<unsigned long long>(f->id_));
 }
 
-void Fiber::SanitizerStartSwitch(Fiber* from, Fiber* to, bool exiting) {
+// Not TSan-instrumented: its __tsan_func_exit would run after
+// __tsan_switch_to_fiber and pop the *target* fiber's shadow stack (one slot
+// below the start of a fresh fiber's).
+__attribute__((no_sanitize("thread"))) void Fiber::SanitizerStartSwitch(
+    Fiber* from, Fiber* to, bool exiting) {
 #if defined(__SANITIZE_ADDRESS__)
   __sanitizer_start_switch_fiber(exiting ? nullptr : &from->asan_fake_stack_,
                                  to->asan_stack_bottom_, to->asan_stack_size_);

@@ -171,7 +171,8 @@ class Fiber {
 
   // Like SwitchTo, for a fiber that has finished its work: the current fiber
   // becomes kFinished and never runs again; `after` typically Destroy()s it.
-  // Must be called from a fiber created by Create (not a thread fiber).
+  // Must be called from a fiber created by Create (not a thread fiber), and
+  // not inside a `catch` block (the caught exception would never be freed).
   [[noreturn]] static void ExitTo(Fiber* to, AfterSwitch after = nullptr,
                                   void* arg = nullptr);
 

@@ -146,11 +146,18 @@ void InstallOverflowHandler() {
   action.sa_sigaction = OnSegv;
   action.sa_flags = SA_SIGINFO | SA_ONSTACK;
   sigemptyset(&action.sa_mask);
-  if (sigaction(SIGSEGV, &action, &g_previous_storage) != 0) {
+  // Save and publish the previous handler before installing ours: a fault
+  // on another thread right after the install must find it to chain to
+  // (not take it for SIG_DFL and reset SIGSEGV for the whole process). The
+  // second call's old action is the same one, barring a racing installer.
+  if (sigaction(SIGSEGV, nullptr, &g_previous_storage) != 0) {
     StackFatal("sigaction(SIGSEGV): %s", std::strerror(errno));
   }
   // Store-release, pairs with the load-acquire in ChainToPrevious().
   g_previous.store(&g_previous_storage, std::memory_order_release);
+  if (sigaction(SIGSEGV, &action, nullptr) != 0) {
+    StackFatal("sigaction(SIGSEGV): %s", std::strerror(errno));
+  }
 }
 
 void* InstallAltStackIfMissing(std::size_t* size) {

@@ -369,6 +369,7 @@ void OnThreadExit(void* arg) {
   if (ts.own_altstack != nullptr) {
     ReleaseAltStack(ts.own_altstack, ts.own_altstack_size);
     ts.own_altstack = nullptr;
+    ts.altstack_ready = false;  // it is gone: nothing may rely on it
   }
 }
 

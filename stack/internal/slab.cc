@@ -231,55 +231,58 @@ int SelfPidfd() {
 std::atomic<bool> g_batch_advice_ok{true};
 std::atomic<bool> g_populate_ok{true};
 
-// Applies `advice` to n ranges in batches of up to 512; false if the kernel
-// refused the advice for process_madvise (then the caller falls back).
-bool BatchAdvise(const iovec* iov, std::size_t n, int advice) {
-  if (!g_batch_advice_ok.load(std::memory_order_relaxed)) return false;
+// Applies `advice` to n ranges in batches of up to 512. Returns how many
+// leading ranges are known to be done: n, or fewer if the kernel refused
+// process_madvise (then it is not tried again) or stopped partway (it
+// returns the bytes it advised; ENOMEM under memory pressure, say). The
+// caller handles the rest one range at a time.
+std::size_t BatchAdvise(const iovec* iov, std::size_t n, int advice) {
+  if (!g_batch_advice_ok.load(std::memory_order_relaxed)) return 0;
   const int fd = SelfPidfd();
   if (fd < 0) {
     g_batch_advice_ok.store(false, std::memory_order_relaxed);
-    return false;
+    return 0;
   }
   for (std::size_t i = 0; i < n;) {
     const std::size_t k = n - i < 512 ? n - i : 512;
     const long r = syscall(SYS_process_madvise, fd, iov + i, k, advice, 0);
     if (r < 0) {
       if (errno == EAGAIN || errno == EINTR) continue;
-      if (i == 0) {
-        g_batch_advice_ok.store(false, std::memory_order_relaxed);
-        return false;
-      }
-      // A partial failure after success (ENOMEM under memory pressure):
-      // what is left simply faults in later.
-      return true;
+      if (i == 0) g_batch_advice_ok.store(false, std::memory_order_relaxed);
+      return i;
     }
-    i += k;
+    // Count the ranges the returned byte count covers in full.
+    std::size_t bytes = static_cast<std::size_t>(r);
+    std::size_t full = 0;
+    while (full < k && bytes >= iov[i + full].iov_len) {
+      bytes -= iov[i + full].iov_len;
+      ++full;
+    }
+    i += full;
+    if (full < k) return i;
   }
-  return true;
+  return n;
 }
 
 }  // namespace
 
 void InstallGuards(const std::uintptr_t* starts, std::size_t n,
                    std::size_t len) {
+  std::size_t done = 0;
   if (g_guard_mode == GuardMode::kLightweight && n > 1) {
     iovec iov[64];
-    std::size_t done = 0;
-    bool ok = true;
-    while (ok && done < n) {
+    while (done < n) {
       const std::size_t k = n - done < 64 ? n - done : 64;
       for (std::size_t i = 0; i < k; ++i) {
         iov[i].iov_base = reinterpret_cast<void*>(starts[done + i]);
         iov[i].iov_len = len;
       }
-      ok = BatchAdvise(iov, k, MADV_GUARD_INSTALL);
-      if (ok) done += k;
+      const std::size_t got = BatchAdvise(iov, k, MADV_GUARD_INSTALL);
+      done += got;
+      if (got < k) break;  // the rest one by one: every slot gets its guard
     }
-    if (done == n) return;
-    starts += done;
-    n -= done;
   }
-  for (std::size_t i = 0; i < n; ++i) InstallGuard(starts[i], len);
+  for (std::size_t i = done; i < n; ++i) InstallGuard(starts[i], len);
 }
 
 void PrefaultTops(const std::uintptr_t* tops, std::size_t n,
@@ -292,13 +295,12 @@ void PrefaultTops(const std::uintptr_t* tops, std::size_t n,
       iov[i].iov_base = reinterpret_cast<void*>(tops[done + i] - bytes);
       iov[i].iov_len = bytes;
     }
-    if (!BatchAdvise(iov, k, MADV_POPULATE_WRITE)) {
-      for (std::size_t i = 0; i < k; ++i) {
-        if (madvise(iov[i].iov_base, bytes, MADV_POPULATE_WRITE) != 0 &&
-            errno == EINVAL) {
-          g_populate_ok.store(false, std::memory_order_relaxed);  // < 5.14
-          return;
-        }
+    for (std::size_t i = BatchAdvise(iov, k, MADV_POPULATE_WRITE); i < k;
+         ++i) {
+      if (madvise(iov[i].iov_base, bytes, MADV_POPULATE_WRITE) != 0 &&
+          errno == EINVAL) {
+        g_populate_ok.store(false, std::memory_order_relaxed);  // < 5.14
+        return;
       }
     }
     done += k;
