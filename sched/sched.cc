@@ -208,6 +208,10 @@ struct P {
   std::uint32_t schedtick = 0;
   int runnext_streak = 0;
   std::atomic<std::uint64_t> sched_count{0};   // for the monitor
+  // Gs that exited on this P. Written only by its owner (a load and a
+  // store-release, no read-modify-write: an exit on one P never touches a
+  // line another P writes); LiveGs() sums the Ps.
+  std::atomic<std::int64_t> exited{0};
   std::atomic<std::uint64_t> syscall_count{0};
   std::atomic<std::uint64_t> current_g{0};
   // Free Gs (Go's gFree), as two magazines of up to kGFreeBatch: `gfree`
@@ -243,6 +247,9 @@ struct GQueueChunk;
 
 struct Sched {
   Lock lock;
+  // The monitor's own ring, used only by the monitor thread: it steals the
+  // Gs queued behind a long-running fiber into it (RescueQueued).
+  RunQueue<G> rescue;
   GQueueChunk* runq_head = nullptr;  // see GlobRunqPutBatch
   GQueueChunk* runq_tail = nullptr;
   GQueueChunk* runq_spare_chunk = nullptr;
@@ -257,8 +264,9 @@ struct Sched {
   // Ps ever made, [0, nallp): a P past `procs` may still hold work until
   // its M notices it retired, so stealing, timers and the monitor scan all.
   std::atomic<int> nallp{0};
-  // Live Gs = created - exited. Two counters on separate cache lines, so
-  // that a spawner and the Ps its Gs exit on do not share one.
+  // Live Gs = created - exited (LiveGs). Exits are counted per P (P::exited)
+  // and, for the rare exit without a P, here; separate cache lines, so that
+  // a spawner and the Ps its Gs exit on do not share one.
   alignas(64) std::atomic<std::int64_t> ngo_created{0};
   alignas(64) std::atomic<std::int64_t> ngo_exited{0};
   alignas(64) std::atomic<std::int64_t> handoffs{0};
@@ -1072,7 +1080,14 @@ void GExitHook(Fiber* from, void*) {
   G* g = static_cast<G*>(from->user_data());
   Fiber::Destroy(from);
   FreeG(g);
-  g_sched->ngo_exited.fetch_add(1, std::memory_order_acq_rel);
+  // store-release / fetch_add release: LiveGs() reading 0 (acquire) then
+  // sees this G's teardown above as done.
+  if (P* p = GetM()->p) {
+    p->exited.store(p->exited.load(std::memory_order_relaxed) + 1,
+                    std::memory_order_release);
+  } else {
+    g_sched->ngo_exited.fetch_add(1, std::memory_order_acq_rel);
+  }
 }
 
 // Runs on g's fiber after its function and captures are gone.
@@ -1109,11 +1124,17 @@ void RunG(G* g) {
 
 void EnsureStarted();
 
-// Gs created and not yet exited. Reading `exited` first never undercounts;
-// 0 means that at the first load no G was alive (and none was created
-// before the second, as only a live G or a plain thread creates one).
+// Gs created and not yet exited. The exit counts (one per P, plus one for
+// exits without a P) only grow, and are all read before `created`: their
+// sum is at most the exits so far, `created` at least the creations, so
+// the result never undercounts, and 0 means that when the exit counts had
+// been read no G was alive.
 std::int64_t LiveGs() {
   std::int64_t exited = g_sched->ngo_exited.load(std::memory_order_acquire);
+  const int n = g_sched->nallp.load(std::memory_order_acquire);
+  for (int i = 0; i < n; ++i) {
+    exited += g_sched->allp[i]->exited.load(std::memory_order_acquire);
+  }
   return g_sched->ngo_created.load(std::memory_order_acquire) - exited;
 }
 
@@ -1356,6 +1377,30 @@ void HandoffP(P* p) {
 
 // --- The monitor (Go's sysmon) -----------------------------------------------------
 
+// Moves the Gs queued on p (ring and runnext) to the global queue, as a
+// thief would take them, and wakes a P for them. Monitor thread only.
+// Returns whether it moved any.
+bool RescueQueued(P* p) {
+  auto local = g_sched->rescue.local();
+  G* batch[RunQueue<G>::capacity() + 1];
+  int moved = 0;
+  // A bounded number of rounds: the owner may be pushing meanwhile.
+  for (int round = 0; round < 8; ++round) {
+    G* g = p->runq.stealer().StealInto(local, /*steal_next=*/true);
+    if (g == nullptr) break;
+    int n = 0;
+    batch[n++] = g;
+    while (G* h = local.Pop()) batch[n++] = h;
+    {
+      std::lock_guard<Lock> l(g_sched->lock);
+      GlobRunqPutBatch(batch, n);
+    }
+    moved += n;
+  }
+  if (moved > 0) WakeP();
+  return moved > 0;
+}
+
 void SysmonLoop() {
   std::int64_t delay_ns = 20'000;
   int idle_rounds = 0;
@@ -1413,6 +1458,15 @@ void SysmonLoop() {
                                                 1'000'000),
                          p->id);
           }
+        }
+        // A P held by one fiber for that long runs nothing else until the
+        // fiber reaches a scheduling point (gort cannot preempt it), and a
+        // busy P does not steal: hand what is queued there (a G that fiber
+        // readied, say) to the global queue, where the other Ps look.
+        if (p->seen_sched_at != 0 && c == p->seen_sched &&
+            now - p->seen_sched_at >= kLongRunningNs &&
+            p->runq.stealer().Size() > 0 && RescueQueued(p)) {
+          acted = true;
         }
       }
     }

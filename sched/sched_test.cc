@@ -242,9 +242,11 @@ TEST_P(SchedTest, BusyYieldersDoNotStarveATimer) {
 }
 
 // A sleeper's timer sits on a P whose fiber spins without a scheduling
-// point, while the other Ps are kept busy by yielders: no P is idle, so
-// only the monitor can fire the timer (its G then goes to the global
-// queue, which the yielders' Ps look at every 61st schedule). Needs 2 Ps.
+// point, while the other Ps are kept busy by yielders: no P is idle and
+// busy Ps do not steal. The monitor must fire the timer (the G goes to the
+// global queue, which the yielders' Ps look at every 61st schedule) or, if
+// the timer fired as the sleeper parked and the G was readied behind the
+// spinner, move it from that P's queue to the global queue. Needs 2 Ps.
 TEST_P(SchedTest, OverdueTimerFiresWhileEveryPIsBusy) {
   if (GetParam() < 2) GTEST_SKIP() << "needs a second P for the yielders";
   std::atomic<bool> woke{false};
@@ -266,6 +268,32 @@ TEST_P(SchedTest, OverdueTimerFiresWhileEveryPIsBusy) {
     });
     gort::Sleep(absl::Milliseconds(2));
     woke.store(true);
+    done.Done();
+  });
+  done.Wait();
+}
+
+// A G readied behind a fiber that never reaches a scheduling point, while
+// every other P is busy: the monitor moves it to the global queue, so it
+// runs without waiting for the spinner (which here waits for it).
+TEST_P(SchedTest, GQueuedBehindASpinnerStillRuns) {
+  if (GetParam() < 2) GTEST_SKIP() << "needs a second P for the yielders";
+  std::atomic<bool> ran{false};
+  const int yielders = 2 * GetParam();
+  Latch done(2 + yielders);
+  for (int i = 0; i < yielders; ++i) {
+    Go([&] {
+      while (!ran.load()) Yield();
+      done.Done();
+    });
+  }
+  Go([&] {
+    Go([&] {  // into this P's runnext, behind the spinner below
+      ran.store(true);
+      done.Done();
+    });
+    while (!ran.load()) {
+    }
     done.Done();
   });
   done.Wait();
