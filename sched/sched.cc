@@ -1421,6 +1421,10 @@ void SysmonLoop() {
     for (int i = 0; i < procs; ++i) {
       P* p = g_sched->allp[i];
       int st = p->status.load(std::memory_order_acquire);
+      // Not running: the next look at it running is a first look. (Else a
+      // P taken off the idle list would count as running since it idled:
+      // a false long-running report, and its fresh queue "rescued".)
+      if (st != kPRunning) p->seen_sched_at = 0;
       if (st == kPSyscall) {
         std::uint64_t c = p->syscall_count.load(std::memory_order_relaxed);
         if (c != p->seen_syscall) {
