@@ -224,15 +224,21 @@ TEST_P(SchedTest, YieldLetsOthersRun) {
 
 // Two fibers that keep yielding to each other do not starve a third that
 // waits on a timer (the timer check every 61st tick, the runnext cap).
-TEST_P(SchedTest, BusyYieldersDoNotStarveATimer) {
-  std::atomic<bool> stop{false};
-  Latch done(3);
-  for (int i = 0; i < 2; ++i) {
+// Starts n fibers that Yield until `stop`, each counting `done` down at
+// its end: they keep the Ps they land on busy without ever parking.
+void StartYielders(int n, const std::atomic<bool>& stop, Latch& done) {
+  for (int i = 0; i < n; ++i) {
     Go([&] {
       while (!stop.load(std::memory_order_relaxed)) Yield();
       done.Done();
     });
   }
+}
+
+TEST_P(SchedTest, BusyYieldersDoNotStarveATimer) {
+  std::atomic<bool> stop{false};
+  Latch done(3);
+  StartYielders(2, stop, done);
   Go([&] {
     gort::Sleep(absl::Milliseconds(1));
     stop.store(true);
@@ -250,14 +256,8 @@ TEST_P(SchedTest, BusyYieldersDoNotStarveATimer) {
 TEST_P(SchedTest, OverdueTimerFiresWhileEveryPIsBusy) {
   if (GetParam() < 2) GTEST_SKIP() << "needs a second P for the yielders";
   std::atomic<bool> woke{false};
-  const int yielders = 2 * GetParam();
-  Latch done(2 + yielders);
-  for (int i = 0; i < yielders; ++i) {
-    Go([&] {
-      while (!woke.load()) Yield();
-      done.Done();
-    });
-  }
+  Latch done(2 + 2 * GetParam());
+  StartYielders(2 * GetParam(), woke, done);
   Go([&] {
     // The spinner is readied in this P's runnext, so it runs here next:
     // right after the sleeper parks, on the P that holds the timer.
@@ -279,14 +279,8 @@ TEST_P(SchedTest, OverdueTimerFiresWhileEveryPIsBusy) {
 TEST_P(SchedTest, GQueuedBehindASpinnerStillRuns) {
   if (GetParam() < 2) GTEST_SKIP() << "needs a second P for the yielders";
   std::atomic<bool> ran{false};
-  const int yielders = 2 * GetParam();
-  Latch done(2 + yielders);
-  for (int i = 0; i < yielders; ++i) {
-    Go([&] {
-      while (!ran.load()) Yield();
-      done.Done();
-    });
-  }
+  Latch done(2 + 2 * GetParam());
+  StartYielders(2 * GetParam(), ran, done);
   Go([&] {
     Go([&] {  // into this P's runnext, behind the spinner below
       ran.store(true);
