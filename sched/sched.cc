@@ -718,17 +718,17 @@ void FlushGFree(P* p) {
   }
 }
 
-// Gives up the calling M's P if SetMaxProcs retired it: its queue goes to
-// the global queue and its timers to P 0. Returns false if MaxProcs grew
-// again meanwhile and the P stays. Decided under sched.lock, as
-// SetMaxProcs decides which retired Ps to bring back.
-bool ReleaseRetiredP(M* m) {
-  P* p = m->p;
+// Retires p, which the caller owns, if SetMaxProcs retired its id: its
+// free Gs and its queue go to the global lists and its timers to P 0;
+// `owner`, if not null, is the M holding p, which gives it up. Returns
+// false if MaxProcs grew again meanwhile and p stays. Decided under
+// sched.lock, as SetMaxProcs decides which retired Ps to bring back.
+bool RetireP(P* p, M* owner) {
   {
     std::lock_guard<Lock> l(g_sched->lock);
     if (!PRetired(p)) return false;
     FlushGFree(p);  // while we own it: free Gs stay usable by the others
-    ReleaseP(m);
+    if (owner != nullptr) ReleaseP(owner);
     p->status.store(kPRetired, std::memory_order_release);
     auto local = p->runq.local();
     while (G* g = local.Pop()) GlobRunqPut(g);
@@ -784,11 +784,11 @@ top:
   if (g_sched->stopping.load(std::memory_order_acquire)) return nullptr;
   P* p = m->p;
   if (PRetired(p)) {
-    // Stop spinning first: ReleaseRetiredP's WakeP must not count us as
+    // Stop spinning first: RetireP's WakeP must not count us as
     // the spinning M that will find the work (its Gs, or the G that got us
     // woken), since we are about to sleep without looking.
     if (m->spinning) ResetSpinning(m);
-    if (ReleaseRetiredP(m)) goto nop;
+    if (RetireP(p, m)) goto nop;
   }
   {
     std::int64_t now = MonoNow();
@@ -1323,24 +1323,8 @@ void MStart(M* m) {
 // Gives up p (taken from an M in a Blocking call, or by a locked M): start
 // an M for it if there is work, else make it idle.
 void HandoffP(P* p) {
-  if (PRetired(p)) {  // SetMaxProcs shrank while p was away: retire it
-    bool retired = false;
-    {
-      std::lock_guard<Lock> l(g_sched->lock);
-      if (PRetired(p)) {
-        FlushGFree(p);  // we own p: its free Gs stay usable by the others
-        p->status.store(kPRetired, std::memory_order_release);
-        auto local = p->runq.local();
-        while (G* g = local.Pop()) GlobRunqPut(g);
-        retired = true;
-      }
-    }
-    if (retired) {
-      MoveTimersToP0(p);
-      WakeP();
-      return;
-    }
-  }
+  // SetMaxProcs shrank while p was away: retire it.
+  if (PRetired(p) && RetireP(p, nullptr)) return;
   bool work = p->runq.Size() > 0 ||
               g_sched->runq_size.load(std::memory_order_relaxed) > 0 ||
               p->timers.next_when.load(std::memory_order_relaxed) !=
@@ -1368,10 +1352,7 @@ void HandoffP(P* p) {
       return;
     }
   }
-  if (PRetired(p)) {
-    HandoffP(p);  // retires it (its first branch)
-    return;
-  }
+  if (PRetired(p) && RetireP(p, nullptr)) return;
   StartM(p, /*spinning=*/false);
 }
 
@@ -1467,8 +1448,8 @@ void SysmonLoop() {
         // fiber reaches a scheduling point (gort cannot preempt it), and a
         // busy P does not steal: hand what is queued there (a G that fiber
         // readied, say) to the global queue, where the other Ps look.
-        if (p->seen_sched_at != 0 && c == p->seen_sched &&
-            now - p->seen_sched_at >= kLongRunningNs &&
+        // (seen_sched_at is `now` unless the count stood still.)
+        if (now - p->seen_sched_at >= kLongRunningNs &&
             p->runq.stealer().Size() > 0 && RescueQueued(p)) {
           acted = true;
         }
@@ -1481,14 +1462,13 @@ void SysmonLoop() {
       next_stack_trim = now + 1'000'000'000;
     }
     // Overdue timers with nobody to run them: their Ps may all be busy in
-    // fibers that reach no scheduling point, with no P idle for WakeP to
-    // start. Fire them here: the Gs they wake go to the global queue, which
-    // every busy P looks at within 61 schedules (and WakeP starts an idle
-    // one, if any).
+    // fibers that reach no scheduling point, with no P idle to start. Fire
+    // them here: ReadyG, with no M, puts the Gs they wake on the global
+    // queue, which every busy P looks at within 61 schedules, and wakes an
+    // idle P if there is one.
     if (EarliestTimer() < now - 1'000'000 &&
-        g_sched->timer_sleeper.load(std::memory_order_acquire) == nullptr) {
-      RunAllTimers(now);
-      WakeP();
+        g_sched->timer_sleeper.load(std::memory_order_acquire) == nullptr &&
+        RunAllTimers(now)) {
       acted = true;
     }
     if (now >= next_trace) {
@@ -1836,6 +1816,7 @@ void SetMaxProcs(int n) {
         *link = p->link;
         p->link = nullptr;
         g_sched->npidle.fetch_sub(1, std::memory_order_seq_cst);
+        FlushGFree(p);  // off the idle list, p is ours: as in RetireP
         p->status.store(kPRetired, std::memory_order_relaxed);
         auto local = p->runq.local();
         while (G* g = local.Pop()) GlobRunqPut(g);
