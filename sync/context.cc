@@ -182,6 +182,34 @@ std::shared_ptr<CancelNode> NewCancelNode(const std::shared_ptr<Node>& parent,
 
 }  // namespace
 
+namespace {
+
+using Orphan = CancelNode::Orphan;
+
+// Moves the entries of *list whose channel nobody else holds any more to
+// the front of *garbage, keeping the others in order. Returns how many stay.
+std::size_t PruneUnheld(Orphan** list, Orphan** garbage) {
+  std::size_t kept = 0;
+  Orphan** link = list;
+  while (Orphan* o = *link) {
+    if (chan_internal::CoreOf(o->done)->Shared()) {
+      link = &o->next;
+      ++kept;
+    } else {
+      *link = o->next;
+      o->next = *garbage;
+      *garbage = o;
+    }
+  }
+  return kept;
+}
+
+void DeleteOrphans(Orphan* list) {
+  while (list != nullptr) delete std::exchange(list, list->next);
+}
+
+}  // namespace
+
 CancelNode::~CancelNode() {
   // Cancelled: our Done() is closed, our orphans too, and our parent (or
   // our own Cancel) took us out of its list.
@@ -190,19 +218,10 @@ CancelNode::~CancelNode() {
   // hold our Done() channel (or a descendant's, now in `orphans`) and wait
   // for it to close when an ancestor is cancelled, as it would in Go, where
   // the parent keeps its children reachable. Hand those channels to the
-  // ancestor we are registered in; none held: nothing to keep. Orphans
-  // handed to us earlier whose channel nobody holds any more are dropped.
-  Orphan* mine = nullptr;
-  for (Orphan* o = std::exchange(orphans, nullptr); o != nullptr;) {
-    Orphan* next = o->next;
-    if (chan_internal::CoreOf(o->done)->Shared()) {
-      o->next = mine;
-      mine = o;
-    } else {
-      delete o;
-    }
-    o = next;
-  }
+  // ancestor we are registered in; none held: nothing to keep.
+  Orphan* garbage = nullptr;  // released at the end, without any lock
+  Orphan* mine = std::exchange(orphans, nullptr);
+  std::size_t n = PruneUnheld(&mine, &garbage);
   if (chan_internal::CoreOf(done)->Shared()) {
     auto* o = new (std::nothrow) Orphan{done, mine};
     if (o == nullptr) {
@@ -211,19 +230,14 @@ CancelNode::~CancelNode() {
       std::abort();
     }
     mine = o;
-  }
-  if (registered_with == nullptr) {  // nothing can cancel us: never closes
-    while (mine != nullptr) delete std::exchange(mine, mine->next);
-    return;
-  }
-  Orphan* tail = mine;
-  std::size_t n = mine != nullptr ? 1 : 0;
-  while (tail != nullptr && tail->next != nullptr) {
-    tail = tail->next;
     ++n;
   }
+  if (registered_with == nullptr) {  // nothing can cancel us: never closes
+    DeleteOrphans(mine);
+    DeleteOrphans(garbage);
+    return;
+  }
   bool ancestor_cancelled;
-  Orphan* garbage = nullptr;  // released after unlocking
   {
     CancelNode* a = registered_with;
     std::lock_guard<Lock> l(a->mu);
@@ -232,30 +246,21 @@ CancelNode::~CancelNode() {
     ancestor_cancelled = !in_parent;
     a->UnlinkChildLocked(this);
     if (!ancestor_cancelled && mine != nullptr) {
+      Orphan* tail = mine;
+      while (tail->next != nullptr) tail = tail->next;
       tail->next = a->orphans;
       a->orphans = std::exchange(mine, nullptr);
       a->orphan_count += n;
       if (a->orphan_count > a->prune_at) {
-        Orphan** link = &a->orphans;
-        while (Orphan* o = *link) {
-          if (chan_internal::CoreOf(o->done)->Shared()) {
-            link = &o->next;
-          } else {
-            *link = o->next;
-            o->next = garbage;
-            garbage = o;
-            --a->orphan_count;
-          }
-        }
+        a->orphan_count = PruneUnheld(&a->orphans, &garbage);
         a->prune_at = 2 * a->orphan_count + 16;
       }
     }
   }
-  while (garbage != nullptr) delete std::exchange(garbage, garbage->next);
+  DeleteOrphans(garbage);
   // The ancestor was cancelled: so are we, in effect; close what is held.
-  for (; mine != nullptr; delete std::exchange(mine, mine->next)) {
-    mine->done.Close();
-  }
+  for (Orphan* o = mine; o != nullptr; o = o->next) o->done.Close();
+  DeleteOrphans(mine);
 }
 
 Node::~Node() {
@@ -327,10 +332,9 @@ void CancelNode::Cancel(bool remove_from_parent, const absl::Status& e) {
     // store-release: pairs with the load-acquire in Context::Err().
     n->state.store(kCancelled, std::memory_order_release);
     n->done.Close();
-    for (Orphan* o = std::exchange(n->orphans, nullptr); o != nullptr;) {
-      o->done.Close();
-      delete std::exchange(o, o->next);
-    }
+    Orphan* orphans = std::exchange(n->orphans, nullptr);
+    for (Orphan* o = orphans; o != nullptr; o = o->next) o->done.Close();
+    DeleteOrphans(orphans);
     n->orphan_count = 0;
     n->mu.unlock();
   }
