@@ -138,6 +138,7 @@ bool UnlockCore(void* c) {
   static_cast<ChanCore*>(c)->lock_.unlock();
   return true;
 }
+void UnlockCoreVoid(void* c) { static_cast<ChanCore*>(c)->lock_.unlock(); }
 
 // Parks forever, or until `deadline` (operations on a nil channel).
 void BlockOnNil(WaitReason reason, std::int64_t deadline) {
@@ -246,8 +247,11 @@ bool ChanCore::Send(ChanCore* c, void* src, PutFn put, std::int64_t deadline) {
   me.elem = src;
   me.put = put;
   c->sendq_.PushBack(&me);
-  if (Park(me.ticket, WaitReason::kChanSend, &UnlockCore, c, deadline) ==
-      ParkResult::kTimedOut) {
+  if (deadline == sched_internal::kNoDeadline) {
+    // Only a holder of lock_ dequeues `me`, once: see ParkUnderLock.
+    ParkUnderLock(me.ticket, WaitReason::kChanSend, &UnlockCoreVoid, c);
+  } else if (Park(me.ticket, WaitReason::kChanSend, &UnlockCore, c,
+                  deadline) == ParkResult::kTimedOut) {
     std::lock_guard<stack_internal::SpinLock> l(c->lock_);
     if (c->sendq_.RemoveIfQueued(&me)) return false;
     // Completed (or closed) under the lock before our timeout: done.
@@ -284,8 +288,10 @@ RecvStatus ChanCore::Recv(ChanCore* c, void* dst, std::int64_t deadline) {
   me.ticket = Parker::Current()->Prepare();
   me.elem = dst;
   c->recvq_.PushBack(&me);
-  if (Park(me.ticket, WaitReason::kChanReceive, &UnlockCore, c, deadline) ==
-      ParkResult::kTimedOut) {
+  if (deadline == sched_internal::kNoDeadline) {
+    ParkUnderLock(me.ticket, WaitReason::kChanReceive, &UnlockCoreVoid, c);
+  } else if (Park(me.ticket, WaitReason::kChanReceive, &UnlockCore, c,
+                  deadline) == ParkResult::kTimedOut) {
     std::lock_guard<stack_internal::SpinLock> l(c->lock_);
     if (c->recvq_.RemoveIfQueued(&me)) return RecvStatus::kWouldBlock;
   }

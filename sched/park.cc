@@ -13,6 +13,10 @@
 //    the ticket (seq) may move it from kPreparing/kParked to kUnparked or
 //    kTimedOut, by CAS: exactly one such move wins per cycle. Whoever moves
 //    it out of kParked must wake the task.
+//  - ParkUnderLock moves kPreparing to kParkedUnderLock with a store, before
+//    its unlock; the one waker (which took the lock after that unlock) moves
+//    it to kUnparked with a store and wakes the task. Finish never moves a
+//    kParkedUnderLock cycle, and a stale ticket's CAS fails on the seq.
 //  - Thread parkers are never freed: a thread's parker returns to a pool at
 //    thread exit and is reused by a later thread, with its seq carried on.
 
@@ -104,6 +108,18 @@ ParkResult ThreadPark(Parker* p, std::uint64_t seq, ParkCommitFn commit,
                                                        : ParkResult::kUnparked;
 }
 
+void ThreadParkUnderLock(Parker* p, std::uint64_t seq, void (*unlock)(void*),
+                         void* arg) {
+  const std::uint64_t parked = (seq << Parker::kStateBits) |
+                               Parker::kParkedUnderLock;
+  p->word_.store(parked, std::memory_order_release);
+  unlock(arg);
+  while (p->word_.load(std::memory_order_acquire) == parked) {
+    FutexWait(FutexWord(p), static_cast<std::uint32_t>(parked),
+              sched_internal::kNoDeadline);
+  }
+}
+
 }  // namespace
 
 const char* WaitReasonString(WaitReason reason) {
@@ -169,9 +185,33 @@ ParkResult Park(ParkTicket t, WaitReason reason, ParkCommitFn commit,
   return r;
 }
 
+void ParkUnderLock(ParkTicket t, WaitReason reason, void (*unlock)(void*),
+                   void* arg) {
+  Parker* p = t.parker;
+  p->reason_.store(reason, std::memory_order_relaxed);
+  if (p->kind() == Parker::Kind::kFiber) {
+    g_hooks.load(std::memory_order_acquire)
+        ->park_under_lock(p, t.seq, unlock, arg);
+  } else {
+    ThreadParkUnderLock(p, t.seq, unlock, arg);
+  }
+  p->reason_.store(WaitReason::kNone, std::memory_order_relaxed);
+}
+
 bool Unpark(ParkTicket t) {
   Parker* p = t.parker;
-  std::uint64_t prev = p->Finish(t.seq, Parker::kUnparked);
+  const std::uint64_t under_lock =
+      (t.seq << Parker::kStateBits) | Parker::kParkedUnderLock;
+  std::uint64_t prev;
+  if (p->word_.load(std::memory_order_acquire) == under_lock) {
+    // The sole waker (see ParkUnderLock): nobody else writes the word now.
+    // store-release: publishes the waker's writes to the woken task.
+    p->word_.store((t.seq << Parker::kStateBits) | Parker::kUnparked,
+                   std::memory_order_release);
+    prev = Parker::kParked;
+  } else {
+    prev = p->Finish(t.seq, Parker::kUnparked);
+  }
   if (prev == Parker::kIdle) return false;
   if (prev == Parker::kParked) {
     if (p->kind() == Parker::Kind::kFiber) {

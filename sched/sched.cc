@@ -114,6 +114,7 @@ struct alignas(64) G {
   ParkCommitFn park_commit = nullptr;
   void* park_commit_arg = nullptr;
   bool park_aborted = false;
+  void (*park_unlock)(void*) = nullptr;  // ParkUnderLock's, for its hook
   Timer timer;  // a park's deadline (HookPark)
   // The global free list: a batch's first G links the next batch and
   // knows its length.
@@ -1183,15 +1184,46 @@ Parker* HookCurrent() {
   return g != nullptr ? &g->parker : nullptr;
 }
 
-ParkResult HookPark(Parker* p, std::uint64_t seq, ParkCommitFn commit,
-                    void* arg, std::int64_t deadline) {
+// The parking fiber's G; fatal inside Blocking(), where the fiber holds its
+// M while it runs outside the scheduler.
+G* ParkingG(Parker* p) {
   G* g = static_cast<G*>(p->owner());
-  M* m = GetM();
-  if (m->in_blocking) {
+  if (GetM()->in_blocking) {
     Fatal("gort: fiber %llu parks inside Blocking(); Blocking's function must "
           "not use gort's blocking primitives",
           static_cast<unsigned long long>(g->id));
   }
+  return g;
+}
+
+// ParkUnderLock's half of ParkHook: runs on the next fiber once g is off its
+// stack.
+void ParkUnderLockHook(Fiber* from, void*) {
+  G* g = static_cast<G*>(from->user_data());
+  g->saved_fp.store(from->SavedFramePointer(), std::memory_order_release);
+  // Before the unlock: the waker takes the lock after it, so it finds the
+  // cycle parked and no Unpark can come earlier. From the unlock on, g may
+  // be readied and run elsewhere: nothing below touches it.
+  g->parker.word_.store((g->park_seq << Parker::kStateBits) |
+                            Parker::kParkedUnderLock,
+                        std::memory_order_release);
+  g->park_unlock(g->park_commit_arg);
+}
+
+void HookParkUnderLock(Parker* p, std::uint64_t seq, void (*unlock)(void*),
+                       void* arg) {
+  G* g = ParkingG(p);
+  g->status.store(GStatus::kWaiting, std::memory_order_relaxed);
+  g->park_seq = seq;
+  g->park_unlock = unlock;
+  g->park_commit_arg = arg;
+  SwitchAway(/*exiting=*/false, &ParkUnderLockHook, nullptr);
+}
+
+ParkResult HookPark(Parker* p, std::uint64_t seq, ParkCommitFn commit,
+                    void* arg, std::int64_t deadline) {
+  G* g = ParkingG(p);
+  M* m = GetM();
   Timer& timer = g->timer;
   if (deadline != kNoDeadline) {
     timer.when = deadline;
@@ -1217,7 +1249,8 @@ ParkResult HookPark(Parker* p, std::uint64_t seq, ParkCommitFn commit,
 
 void HookReady(Parker* p) { ReadyG(static_cast<G*>(p->owner())); }
 
-const SchedulerHooks kHooks = {&HookCurrent, &HookPark, &HookReady};
+const SchedulerHooks kHooks = {&HookCurrent, &HookPark, &HookParkUnderLock,
+                                &HookReady};
 
 void YieldHook(Fiber* from, void*) {
   G* g = static_cast<G*>(from->user_data());

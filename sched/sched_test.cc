@@ -484,13 +484,16 @@ TEST_P(SchedTest, BlockingReturnsTheValueAndWorksOnThreads) {
 }
 
 // Lost wake-up hunt: two fibers (and a thread) hand a token around through
-// the parking API many times; a lost wake-up hangs the test.
-TEST_P(SchedTest, ParkUnparkPingPongLosesNoWakeups) {
+// the parking API many times; a lost wake-up hangs the test. With
+// `under_lock` they park with ParkUnderLock, and a third thread keeps
+// unparking tickets of finished cycles, which must never win.
+void HandTokenAround(bool under_lock) {
   const int kRounds = 100000 / kScale;
   struct Side {
     Lock mu;
     bool has_token = false;
     ParkTicket waiter;
+    ParkTicket finished;  // the last cycle that ended, for the stale waker
   };
   Side sides[3];
   auto give = [&](int to) {
@@ -503,6 +506,7 @@ TEST_P(SchedTest, ParkUnparkPingPongLosesNoWakeups) {
     }
     if (t) Unpark(t);
   };
+  auto unlock = [](void* mu) { static_cast<Lock*>(mu)->unlock(); };
   auto take = [&](int me) {
     for (;;) {
       sides[me].mu.lock();
@@ -511,15 +515,39 @@ TEST_P(SchedTest, ParkUnparkPingPongLosesNoWakeups) {
         sides[me].mu.unlock();
         return;
       }
-      sides[me].waiter = Parker::Current()->Prepare();
-      Park(sides[me].waiter, WaitReason::kPark,
-           [](void* mu) {
-             static_cast<Lock*>(mu)->unlock();
-             return true;
-           },
-           &sides[me].mu);
+      const ParkTicket t = Parker::Current()->Prepare();
+      sides[me].waiter = t;
+      if (under_lock) {
+        ParkUnderLock(t, WaitReason::kPark, unlock, &sides[me].mu);
+      } else {
+        Park(t, WaitReason::kPark,
+             [](void* mu) {
+               static_cast<Lock*>(mu)->unlock();
+               return true;
+             },
+             &sides[me].mu);
+      }
+      std::lock_guard<Lock> l(sides[me].mu);
+      sides[me].finished = t;
     }
   };
+  std::atomic<bool> stop{false};
+  std::atomic<int> stale_wins{0};
+  std::thread stale_waker;
+  if (under_lock) {
+    stale_waker = std::thread([&] {
+      while (!stop.load(std::memory_order_relaxed)) {
+        for (Side& side : sides) {
+          ParkTicket t;
+          {
+            std::lock_guard<Lock> l(side.mu);
+            t = side.finished;
+          }
+          if (t && Unpark(t)) stale_wins.fetch_add(1);
+        }
+      }
+    });
+  }
   Latch done(2);
   for (int me = 0; me < 2; ++me) {
     Go([&, me] {
@@ -539,6 +567,15 @@ TEST_P(SchedTest, ParkUnparkPingPongLosesNoWakeups) {
   give(0);
   done.Wait();
   thread_side.join();
+  stop = true;
+  if (stale_waker.joinable()) stale_waker.join();
+  EXPECT_EQ(stale_wins.load(), 0);
+}
+
+TEST_P(SchedTest, ParkUnparkPingPongLosesNoWakeups) { HandTokenAround(false); }
+
+TEST_P(SchedTest, ParkUnderLockPingPongLosesNoWakeups) {
+  HandTokenAround(true);
 }
 
 TEST_P(SchedTest, ParkDeadlineAndUnparkRace) {

@@ -34,9 +34,8 @@ bool Less(std::uint32_t a, std::uint32_t b) {
 
 }  // namespace
 
-bool Cond::UnlockQueue(void* cond) {
+void Cond::UnlockQueue(void* cond) {
   static_cast<Cond*>(cond)->lock_.unlock();
-  return true;
 }
 
 void Cond::Wait() {
@@ -65,7 +64,7 @@ void Cond::WaitTicket(std::uint32_t t) {
   tail_ = &me;
   // Drops lock_ once we are committed to sleeping; returns after the
   // Signal/Broadcast that dequeued us unparked us (no deadline).
-  Park(me.ticket, WaitReason::kCond, &UnlockQueue, this);
+  ParkUnderLock(me.ticket, WaitReason::kCond, &UnlockQueue, this);
 }
 
 void Cond::SignalSlow() {

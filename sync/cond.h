@@ -109,7 +109,7 @@ class Cond {
     Waiter* next = nullptr;
   };
 
-  static bool UnlockQueue(void* cond);
+  static void UnlockQueue(void* cond);
   void WaitTicket(std::uint32_t t);
   void SignalSlow();
   void BroadcastSlow();

@@ -26,9 +26,8 @@
 
 namespace gort {
 
-bool Once::UnlockQueue(void* once) {
+void Once::UnlockQueue(void* once) {
   static_cast<Once*>(once)->lock_.unlock();
-  return true;
 }
 
 void Once::CallSlow(void (*invoke)(void*), void* bound) {
@@ -70,7 +69,7 @@ void Once::CallSlow(void (*invoke)(void*), void* bound) {
     tail_ = &me;
     // Drops lock_ once we are committed to sleeping; returns once a runner's
     // Finish has dequeued and unparked us (no deadline).
-    Park(me.ticket, WaitReason::kMutex, &UnlockQueue, this);
+    ParkUnderLock(me.ticket, WaitReason::kMutex, &UnlockQueue, this);
     // f completed: its writes are visible (Unpark). Do not touch *this: the
     // Once may be destroyed as soon as any Call returns.
     if (me.done) return;

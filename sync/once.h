@@ -96,7 +96,7 @@ class Once {
   static void Invoke(void* bound) {
     (*static_cast<B*>(bound))();
   }
-  static bool UnlockQueue(void* once);
+  static void UnlockQueue(void* once);
 
   void CallSlow(void (*invoke)(void*), void* bound);
   void Finish(bool done);

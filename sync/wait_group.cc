@@ -95,9 +95,8 @@ void WaitGroup::Release(std::uint64_t s) {
   }
 }
 
-bool WaitGroup::UnlockQueue(void* wg) {
+void WaitGroup::UnlockQueue(void* wg) {
   static_cast<WaitGroup*>(wg)->lock_.unlock();
-  return true;
 }
 
 void WaitGroup::Wait() {
@@ -132,7 +131,7 @@ void WaitGroup::Wait() {
         // Unlocks lock_ once we are committed to sleeping. Only the releaser
         // of this round holds our ticket, and it unparks us after its last
         // access to *this; no deadline, so Park returns only then.
-        Park(me.ticket, WaitReason::kWaitGroup, &UnlockQueue, this);
+        ParkUnderLock(me.ticket, WaitReason::kWaitGroup, &UnlockQueue, this);
         return;
       }
     }

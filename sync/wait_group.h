@@ -97,7 +97,7 @@ class WaitGroup {
 
   static constexpr std::uint64_t kOne = std::uint64_t{1} << 32;  // counter 1
 
-  static bool UnlockQueue(void* wg);
+  static void UnlockQueue(void* wg);
   void DoneSlow(std::uint64_t state);
   void Release(std::uint64_t state);
 

@@ -18,9 +18,8 @@
 namespace gort {
 namespace sync_internal {
 
-bool Sema::UnlockQueue(void* sema) {
+void Sema::UnlockQueue(void* sema) {
   static_cast<Sema*>(sema)->lock_.unlock();
-  return true;
 }
 
 void Sema::Acquire(WaitReason reason, bool lifo) {
@@ -44,7 +43,7 @@ void Sema::Acquire(WaitReason reason, bool lifo) {
   // Drops lock_ once we are committed to sleeping (for a fiber: after it has
   // switched away). Returns only after the Release() that dequeued us won
   // the Unpark: its writes are visible here (see park.h).
-  Park(me.ticket, reason, &UnlockQueue, this);
+  ParkUnderLock(me.ticket, reason, &UnlockQueue, this);
 }
 
 void Sema::Release() {

@@ -44,7 +44,7 @@ class Sema {
     Waiter* next = nullptr;
   };
 
-  static bool UnlockQueue(void* sema);
+  static void UnlockQueue(void* sema);
 
   sched_internal::Lock lock_;  // protects everything below
   std::uint32_t count_ = 0;    // tokens released while nobody waited
