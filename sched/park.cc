@@ -110,8 +110,11 @@ ParkResult ThreadPark(Parker* p, std::uint64_t seq, ParkCommitFn commit,
 
 void ThreadParkUnderLock(Parker* p, std::uint64_t seq, void (*unlock)(void*),
                          void* arg) {
-  const std::uint64_t parked = (seq << Parker::kStateBits) |
-                               Parker::kParkedUnderLock;
+  const std::uint64_t base = seq << Parker::kStateBits;
+  const std::uint64_t parked = base | Parker::kParkedUnderLock;
+  if (p->word_.load(std::memory_order_relaxed) != (base | Parker::kPreparing)) {
+    sched_internal::FatalParkUnderLockMisuse();
+  }
   p->word_.store(parked, std::memory_order_release);
   unlock(arg);
   while (p->word_.load(std::memory_order_acquire) == parked) {
@@ -224,6 +227,15 @@ bool Unpark(ParkTicket t) {
 }
 
 namespace sched_internal {
+void FatalParkUnderLockMisuse() {
+  std::fputs(
+      "fatal: gort: a ParkUnderLock cycle was unparked before it parked: its "
+      "ticket was used outside the lock its park releases (see "
+      "ParkUnderLock in sched/park.h)\n",
+      stderr);
+  std::abort();
+}
+
 void InstallSchedulerHooks(const SchedulerHooks* hooks) {
   g_hooks.store(hooks, std::memory_order_release);
 }

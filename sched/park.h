@@ -30,6 +30,8 @@
 //  - Unpark(t) may be called from any fiber or thread, at any time after
 //    Prepare() returned t, even before Park(t) has been called: then Park
 //    returns at once. At most one Unpark per cycle wins (returns true).
+//    (ParkUnderLock, below, is the exception: its one Unpark comes only
+//    after its unlock.)
 //  - A deadline (absolute, MonoNow() nanoseconds) makes Park return
 //    kTimedOut if no Unpark won by then.
 // Memory ordering: everything the unparker did before a winning Unpark(t)
@@ -183,6 +185,9 @@ struct SchedulerHooks {
   void (*ready)(Parker* p);
 };
 void InstallSchedulerHooks(const SchedulerHooks* hooks);
+
+// ParkUnderLock found its cycle already moved: a caller broke its contract.
+[[noreturn]] void FatalParkUnderLockMisuse();
 
 }  // namespace sched_internal
 }  // namespace gort

@@ -1201,11 +1201,16 @@ G* ParkingG(Parker* p) {
 void ParkUnderLockHook(Fiber* from, void*) {
   G* g = static_cast<G*>(from->user_data());
   g->saved_fp.store(from->SavedFramePointer(), std::memory_order_release);
+  const std::uint64_t base = g->park_seq << Parker::kStateBits;
+  // Nobody may have moved the cycle yet (best effort: a load, no CAS).
+  if (g->parker.word_.load(std::memory_order_relaxed) !=
+      (base | Parker::kPreparing)) {
+    sched_internal::FatalParkUnderLockMisuse();
+  }
   // Before the unlock: the waker takes the lock after it, so it finds the
   // cycle parked and no Unpark can come earlier. From the unlock on, g may
   // be readied and run elsewhere: nothing below touches it.
-  g->parker.word_.store((g->park_seq << Parker::kStateBits) |
-                            Parker::kParkedUnderLock,
+  g->parker.word_.store(base | Parker::kParkedUnderLock,
                         std::memory_order_release);
   g->park_unlock(g->park_commit_arg);
 }

@@ -527,8 +527,10 @@ void HandTokenAround(bool under_lock) {
              },
              &sides[me].mu);
       }
-      std::lock_guard<Lock> l(sides[me].mu);
-      sides[me].finished = t;
+      if (under_lock) {
+        std::lock_guard<Lock> l(sides[me].mu);
+        sides[me].finished = t;
+      }
     }
   };
   std::atomic<bool> stop{false};
@@ -813,6 +815,31 @@ TEST(SchedDeathTest, UncaughtExceptionNamesTheFiber) {
         never.Wait();
       },
       "fatal: uncaught exception in fiber [0-9]+: .*kaboom");
+}
+
+// A ParkUnderLock whose ticket was unparked before it parked (the ticket
+// escaped its lock) stops the process instead of sleeping forever: on a
+// thread and on a fiber.
+void ParkUnderLockAfterAnEarlyUnpark() {
+  Lock mu;
+  mu.lock();
+  const ParkTicket t = Parker::Current()->Prepare();
+  Unpark(t);
+  ParkUnderLock(t, WaitReason::kPark,
+                [](void* m) { static_cast<Lock*>(m)->unlock(); }, &mu);
+}
+
+TEST(SchedDeathTest, ParkUnderLockAfterAnEarlyUnparkIsFatal) {
+  EXPECT_DEATH(ParkUnderLockAfterAnEarlyUnpark(),
+               "fatal: gort: a ParkUnderLock cycle was unparked before it "
+               "parked");
+  EXPECT_DEATH(
+      {
+        Latch never(1);
+        Go([] { ParkUnderLockAfterAnEarlyUnpark(); });
+        never.Wait();
+      },
+      "fatal: gort: a ParkUnderLock cycle was unparked before it parked");
 }
 
 TEST(SchedDeathTest, ExitOutsideAFiberIsFatal) {

@@ -130,7 +130,7 @@ void WaitGroup::Wait() {
         tail_ = &me;
         // Unlocks lock_ once we are committed to sleeping. Only the releaser
         // of this round holds our ticket, and it unparks us after its last
-        // access to *this; no deadline, so Park returns only then.
+        // access to *this; no deadline, so ParkUnderLock returns only then.
         ParkUnderLock(me.ticket, WaitReason::kWaitGroup, &UnlockQueue, this);
         return;
       }

@@ -10,8 +10,9 @@
 //    Release() that dequeues it under lock_; that Release then owns the
 //    record, reads its ticket and unparks it after dropping lock_. The
 //    record (on the waiter's stack) stays alive until then, because the
-//    waiter's Park returns only after that Unpark (no deadline, and the
-//    commit callback never abandons the park).
+//    waiter's ParkUnderLock returns only after that Unpark (no deadline).
+//    That Release is the only waker of the cycle, and it dequeued the
+//    record under lock_: ParkUnderLock's contract.
 //  - Exactly one token per Release: either count_ is incremented or exactly
 //    one waiter is dequeued and unparked, and that waiter returns owning it.
 
