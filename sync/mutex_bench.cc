@@ -13,14 +13,13 @@
 #include <cstdint>
 #include <mutex>
 #include <shared_mutex>
-#include <thread>
-#include <vector>
 
 #include "benchmark/benchmark.h"
 #include "sched/sched.h"
 #include "sched/testing/bench.h"
 #include "sync/mutex.h"
 #include "sync/rw_mutex.h"
+#include "sync/testing/fibers.h"
 #include "sync/wait_group.h"
 
 namespace gort {
@@ -31,28 +30,15 @@ constexpr int kOpsPerTask = 1'000'000;
 
 using testing::ReportPerOp;
 
-// Runs `body(task)` in kTasks fibers on the runtime's Ps and waits for them
-// from this thread.
+// Runs `body(task)` in kTasks fibers on the runtime's Ps, or in kTasks
+// plain threads, and waits for them from this thread.
 template <typename F>
 void RunFibers(F body) {
-  WaitGroup wg;
-  wg.Add(kTasks);
-  for (int t = 0; t < kTasks; ++t) {
-    Go([&wg, &body, t] {
-      body(t);
-      wg.Done();
-    });
-  }
-  wg.Wait();
+  testing::RunInFibersAndThreads(kTasks, 0, body);
 }
-
 template <typename F>
 void RunThreads(F body) {
-  std::vector<std::thread> threads;
-  threads.reserve(kTasks);
-  for (int t = 0; t < kTasks; ++t)
-    threads.emplace_back([&body, t] { body(t); });
-  for (auto& th : threads) th.join();
+  testing::RunInFibersAndThreads(0, kTasks, body);
 }
 
 // W7: 8 fibers on range(0) Ps, each incrementing one shared counter
