@@ -1,8 +1,13 @@
 #include "fiber/fiber.h"
 
+#if defined(__x86_64__)
+#include <cpuid.h>
+#endif
+
 #include <atomic>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <exception>
 #include <new>
 #include <typeinfo>
@@ -65,8 +70,46 @@ ThreadState* InitThreadState();
 
 }  // namespace
 
+#if defined(__x86_64__)
+// Defined in switch_x86_64.S, which reads it rip-relative.
+extern "C" __attribute__((visibility("hidden"))) unsigned char
+    gort_fiber_merge_mxcsr_flags;
+
+namespace {
+// AMD's cores (and Hygon's, derived from Zen) reload MXCSR cheaply but stall
+// when the switch reads back its own stmxcsr store: they restore exactly.
+// Intel's pay a microcode assist for every load that changes only the
+// flags: they merge. Unknown vendors merge too (correct everywhere).
+bool PrefersExactMxcsr() {
+  unsigned int eax, ebx, ecx, edx;
+  if (__get_cpuid(0, &eax, &ebx, &ecx, &edx) == 0) return false;
+  char vendor[13];
+  std::memcpy(vendor, &ebx, 4);
+  std::memcpy(vendor + 4, &edx, 4);
+  std::memcpy(vendor + 8, &ecx, 4);
+  vendor[12] = '\0';
+  return std::strcmp(vendor, "AuthenticAMD") == 0 ||
+         std::strcmp(vendor, "HygonGenuine") == 0;
+}
+const bool kMxcsrPathChosen = [] {
+  gort_fiber_merge_mxcsr_flags = PrefersExactMxcsr() ? 0 : 1;
+  return true;
+}();
+}  // namespace
+#endif
+
 namespace fiber_internal {
 GORT_DEFINE_THREAD_LOCAL(ThreadState, gort_fiber_thread_state)
+
+#if defined(__x86_64__)
+void SetMxcsrFlagMerging(bool merge) {
+  gort_fiber_merge_mxcsr_flags = merge ? 1 : 0;
+}
+bool MxcsrFlagMerging() { return gort_fiber_merge_mxcsr_flags != 0; }
+#else
+void SetMxcsrFlagMerging(bool) {}
+bool MxcsrFlagMerging() { return false; }
+#endif
 
 GORT_TLS_ACCESSOR ThreadState* CurrentThreadStateSlow() {
   ThreadState* ts = &fiber_internal::gort_fiber_thread_state;

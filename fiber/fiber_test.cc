@@ -1,4 +1,5 @@
 #include "fiber/fiber.h"
+#include "fiber/internal/context.h"
 
 #include <cfenv>
 #include <cstdint>
@@ -196,8 +197,31 @@ TEST(FiberTest, CustomStackSize) {
 }
 
 // Callee-saved state, including floating-point control, is per fiber.
-TEST(FiberTest, FloatingPointRoundingModeIsPerFiber) {
-  ASSERT_EQ(std::fegetround(), FE_TONEAREST);
+// Both ways the x86-64 switch restores MXCSR (exact, and merging the
+// exception flags), whichever this CPU uses by default.
+class FpEnvTest : public ::testing::TestWithParam<bool> {
+ protected:
+  void SetUp() override {
+    saved_ = fiber_internal::MxcsrFlagMerging();
+    fiber_internal::SetMxcsrFlagMerging(GetParam());
+    std::feclearexcept(FE_ALL_EXCEPT);
+  }
+  void TearDown() override {
+    fiber_internal::SetMxcsrFlagMerging(saved_);
+    std::fesetround(FE_TONEAREST);
+    std::feclearexcept(FE_ALL_EXCEPT);
+  }
+  bool saved_ = false;
+};
+INSTANTIATE_TEST_SUITE_P(Mxcsr, FpEnvTest, ::testing::Bool(),
+                         [](const auto& info) {
+                           return info.param ? "Merge" : "Exact";
+                         });
+
+volatile double g_three = 3.0;
+volatile double g_zero = 0.0;
+
+TEST_P(FpEnvTest, RoundingModeIsPerFiber) {
   int inside_after_switch = -1;
   Fiber* f = Fiber::Create([&] {
     std::fesetround(FE_UPWARD);
@@ -210,7 +234,36 @@ TEST(FiberTest, FloatingPointRoundingModeIsPerFiber) {
   f->Resume();
   EXPECT_EQ(inside_after_switch, FE_UPWARD);
   EXPECT_EQ(std::fegetround(), FE_DOWNWARD);
-  std::fesetround(FE_TONEAREST);
+  Fiber::Destroy(f);
+}
+
+// A switch never clears a fiber's exception flags (C asks that of a call),
+// while the other side clears and raises its own.
+TEST_P(FpEnvTest, ExceptionFlagsSurviveSwitches) {
+  int fiber_sees = -1;
+  Fiber* f = Fiber::Create([&] {
+    volatile double x = 1.0 / g_three;  // inexact
+    (void)x;
+    Fiber::Suspend();
+    fiber_sees = std::fetestexcept(FE_INEXACT);
+    std::fesetround(FE_UPWARD);  // and a control change on the way out
+    Fiber::Suspend();
+  });
+  f->Resume();
+  // Ours are clear, unless the switch merged the fiber's in (allowed).
+  if (!GetParam()) {
+    EXPECT_EQ(std::fetestexcept(FE_INEXACT), 0);
+  }
+  std::feclearexcept(FE_ALL_EXCEPT);
+  volatile double y = g_three / g_zero;  // divide-by-zero
+  (void)y;
+  f->Resume();
+  EXPECT_NE(fiber_sees, 0);
+  // Our own flag and rounding survived the fiber's changes.
+  EXPECT_NE(std::fetestexcept(FE_DIVBYZERO), 0);
+  EXPECT_EQ(std::fegetround(), FE_TONEAREST);
+  f->Resume();
+  EXPECT_TRUE(f->finished());
   Fiber::Destroy(f);
 }
 

@@ -22,6 +22,13 @@ void gort_fiber_trampoline();
 namespace gort {
 namespace fiber_internal {
 
+// x86-64 only (no-ops elsewhere): whether the switch merges MXCSR exception
+// flags instead of restoring the target's exactly (switch_x86_64.S says
+// why). Chosen at start-up from the CPU's vendor; tests set it to run both
+// paths on any machine. Not while other threads switch.
+void SetMxcsrFlagMerging(bool merge);
+bool MxcsrFlagMerging();
+
 // Signature of the function the trampoline calls: entry(arg, transfer).
 using TrampolineEntry = void (*)(void* arg, void* transfer);
 
