@@ -1,6 +1,6 @@
 // Scheduler benchmarks (the W-workloads of ARCHITECTURE.md), beside the
-// matching Go programs in bench/go (bench/compare_sched.sh runs both and
-// prints ratios).
+// matching Go programs in bench/go (bench/compare_sched.py runs both and
+// prints ratios; bench/scaling.sh runs them at 1 to 16 Ps).
 //
 //   bazel run --config=opt //sched:sched_bench
 //   CPUPROFILE=/tmp/sched.prof bazel run --config=opt //sched:sched_bench -- --benchmark_filter=Spawn
@@ -32,19 +32,19 @@ using testing::Latch;
 using testing::ReportPerOp;
 using testing::RunInFiber;
 
-// Registers the Ps to measure at: GORT_BENCH_PROCS (a comma-separated list),
-// or 1 and 2.
+// Registers the Ps to measure at: GORT_BENCH_PROCS (a comma-separated list
+// of 1 .. 256, gort's most Ps; anything else in it is skipped), or 1 and 2.
 void ProcsArgs(benchmark::internal::Benchmark* b) {
-  const char* list = std::getenv("GORT_BENCH_PROCS");
+  const char* s = std::getenv("GORT_BENCH_PROCS");
   bool any = false;
-  for (const char* s = list; s != nullptr && *s != '\0';) {
+  while (s != nullptr && *s != '\0') {
     char* end;
     const long n = std::strtol(s, &end, 10);
-    if (end == s) break;  // not a number: ignore the rest
-    if (n > 0 && n <= 1024) {
+    if (end != s && n >= 1 && n <= 256) {
       b->Arg(n);
       any = true;
     }
+    while (*end != '\0' && *end != ',') ++end;  // skip what is left
     s = *end == ',' ? end + 1 : end;
   }
   if (!any) b->Arg(1)->Arg(2);
@@ -146,7 +146,7 @@ void BM_Sched_ParkUnparkPingPong(benchmark::State& state) {
 BENCHMARK(BM_Sched_ParkUnparkPingPong)->Apply(ProcsArgs)->UseRealTime()->Unit(benchmark::kMillisecond);
 
 // Skewed load: 100,000 CPU-bound tasks all spawned by one fiber; stealing
-// spreads them over the Ps. Compare wall time at 1 and 2 Ps.
+// spreads them over the Ps. Compare wall time across the P counts.
 __attribute__((noinline)) std::uint64_t Work(std::uint64_t seed) {
   std::uint64_t x = seed;
   for (int i = 0; i < 2000; ++i) x = x * 6364136223846793005ull + 1442695040888963407ull;

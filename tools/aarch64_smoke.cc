@@ -59,6 +59,26 @@ int main() {
   std::fesetround(FE_TONEAREST);
   Fiber::Destroy(fp);
 
+  // A switch never clears a fiber's exception flags (FPSR).
+  int fiber_sees = -1;
+  volatile double three = 3.0, zero = 0.0;
+  std::feclearexcept(FE_ALL_EXCEPT);
+  Fiber* fl = Fiber::Create([&] {
+    volatile double x = 1.0 / three;  // inexact
+    (void)x;
+    Fiber::Suspend();
+    fiber_sees = std::fetestexcept(FE_INEXACT);
+  });
+  fl->Resume();
+  Check(std::fetestexcept(FE_INEXACT) == 0, "fiber's flag stays in the fiber");
+  volatile double y = three / zero;  // divide-by-zero
+  (void)y;
+  fl->Resume();
+  Check(fiber_sees != 0, "fiber's flag kept across switches");
+  Check(std::fetestexcept(FE_DIVBYZERO) != 0, "our flag kept across switches");
+  std::feclearexcept(FE_ALL_EXCEPT);
+  Fiber::Destroy(fl);
+
   // Exception state per fiber.
   std::string rethrown;
   Fiber* ex = Fiber::Create([&] {

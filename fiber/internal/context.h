@@ -66,7 +66,7 @@ struct SwitchFrame {
   std::uint64_t x29, x30;
   std::uint64_t d8, d9, d10, d11, d12, d13, d14, d15;
   std::uint64_t fpcr;
-  std::uint64_t padding;
+  std::uint64_t fpsr;  // the exception flags, restored exactly
 };
 static_assert(offsetof(SwitchFrame, x19) == 0);
 static_assert(offsetof(SwitchFrame, x20) == 8);
@@ -74,6 +74,7 @@ static_assert(offsetof(SwitchFrame, x29) == 80);
 static_assert(offsetof(SwitchFrame, x30) == 88);
 static_assert(offsetof(SwitchFrame, d8) == 96);
 static_assert(offsetof(SwitchFrame, fpcr) == 160);
+static_assert(offsetof(SwitchFrame, fpsr) == 168);
 static_assert(sizeof(SwitchFrame) == 176);
 
 inline void InitFrame(SwitchFrame* f, TrampolineEntry entry, void* arg) {

@@ -32,14 +32,16 @@ gort_fiber_switch:
         stp     d12, d13, [sp, #128]
         stp     d14, d15, [sp, #144]
         mrs     x9, fpcr
-        str     x9, [sp, #160]
+        mrs     x10, fpsr           // the exception flags: a switch keeps them
+        stp     x9, x10, [sp, #160]
 
         mov     x9, sp
         str     x9, [x0]            // publish the saved context
         mov     sp, x1              // now on the target's stack, same frame shape
 
-        ldr     x9, [sp, #160]
+        ldp     x9, x10, [sp, #160]
         msr     fpcr, x9
+        msr     fpsr, x10
         ldp     x19, x20, [sp, #0]
         ldp     x21, x22, [sp, #16]
         ldp     x23, x24, [sp, #32]
@@ -67,9 +69,13 @@ gort_fiber_switch:
         .globl  gort_fiber_trampoline
         .type   gort_fiber_trampoline, %function
         .p2align 4
-gort_fiber_trampoline:
+        // The FDE starts one instruction early: unwinders look up the
+        // return address minus one, which for a fiber's first frame would
+        // otherwise fall in gort_fiber_switch's FDE.
         .cfi_startproc
         .cfi_undefined x30
+        nop
+gort_fiber_trampoline:
         mov     x1, x0
         mov     x0, x19
         mov     x29, #0

@@ -41,11 +41,11 @@ gort_fiber_switch:
         movq    %rbp, 0x30(%rsp)
         .cfi_rel_offset %rbp, 0x30
 
-        movq    %rsp, (%rdi)        // publish the saved context
         cmpb    $0, gort_fiber_merge_mxcsr_flags(%rip)
         jne     .Lgort_merge_flags
 
         // Exact MXCSR (AMD): the target's saved value, flags included.
+        movq    %rsp, (%rdi)        // publish the saved context
         movq    %rsi, %rsp          // now on the target's stack, same frame shape
         // Load the resume address first, so the indirect jump's target is
         // known early (ldmxcsr and fldcw are slow).
@@ -70,6 +70,8 @@ gort_fiber_switch:
         .cfi_restore %rbp
         .cfi_register %rip, %r8
         movq    %rdx, %rax
+        // A jump, not `ret`: the return stack buffer would predict a return
+        // to our own caller, which is always wrong for a switch.
         jmpq    *%r8
 
         // Merged MXCSR (Intel): the target's control bits, plus the
@@ -86,7 +88,8 @@ gort_fiber_switch:
         // instead, and reloading is cheap: that is the exact path above.
 .Lgort_merge_flags:
         .cfi_restore_state
-        movl    (%rsp), %eax        // our MXCSR, as just saved
+        movl    (%rsp), %eax        // our MXCSR, read before the frame is published
+        movq    %rsp, (%rdi)
         movq    %rsi, %rsp
         movq    0x38(%rsp), %r8
         movl    %eax, %ecx
@@ -100,12 +103,6 @@ gort_fiber_switch:
         .cfi_endproc
         .size   gort_fiber_switch, .-gort_fiber_switch
 
-// The first frame of every fiber. gort_fiber_switch "returns" here with
-//   %rbx = argument for the entry function, %r12 = entry function,
-//   %rax = the transfer value of the switch that started the fiber,
-//   %rbp = 0 and %rsp 16-byte aligned.
-// It calls entry(arg, transfer), which never returns. The undefined return
-// address and the zero frame pointer end every unwinder's walk here.
 // How the switch restores MXCSR: nonzero merges exception flags (see
 // above). Set once at start-up from the CPU's vendor (fiber.cc); until then,
 // and on CPUs not known to prefer the exact path, it merges.
@@ -118,12 +115,22 @@ gort_fiber_merge_mxcsr_flags:
         .byte   1
         .text
 
+// The first frame of every fiber. gort_fiber_switch "returns" here with
+//   %rbx = argument for the entry function, %r12 = entry function,
+//   %rax = the transfer value of the switch that started the fiber,
+//   %rbp = 0 and %rsp 16-byte aligned.
+// It calls entry(arg, transfer), which never returns. The undefined return
+// address and the zero frame pointer end every unwinder's walk here.
         .globl  gort_fiber_trampoline
         .type   gort_fiber_trampoline, @function
         .p2align 4
-gort_fiber_trampoline:
+        // The FDE starts one byte early: unwinders look up the return
+        // address minus one, which for a fiber's first frame would
+        // otherwise fall in gort_fiber_switch's FDE.
         .cfi_startproc
         .cfi_undefined %rip
+        nop
+gort_fiber_trampoline:
         xorl    %ebp, %ebp
         movq    %rbx, %rdi
         movq    %rax, %rsi
