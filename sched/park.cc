@@ -108,14 +108,19 @@ ParkResult ThreadPark(Parker* p, std::uint64_t seq, ParkCommitFn commit,
                                                        : ParkResult::kUnparked;
 }
 
+// ParkUnderLock found its cycle already moved: a caller broke its contract.
+[[noreturn]] void FatalParkUnderLockMisuse() {
+  std::fputs(
+      "fatal: gort: a ParkUnderLock cycle was unparked before it parked: its "
+      "ticket was used outside the lock its park releases (see "
+      "ParkUnderLock in sched/park.h)\n",
+      stderr);
+  std::abort();
+}
+
 void ThreadParkUnderLock(Parker* p, std::uint64_t seq, void (*unlock)(void*),
                          void* arg) {
-  const std::uint64_t base = seq << Parker::kStateBits;
-  const std::uint64_t parked = base | Parker::kParkedUnderLock;
-  if (p->word_.load(std::memory_order_relaxed) != (base | Parker::kPreparing)) {
-    sched_internal::FatalParkUnderLockMisuse();
-  }
-  p->word_.store(parked, std::memory_order_release);
+  const std::uint64_t parked = p->MarkParkedUnderLock(seq);
   unlock(arg);
   while (p->word_.load(std::memory_order_acquire) == parked) {
     FutexWait(FutexWord(p), static_cast<std::uint32_t>(parked),
@@ -165,6 +170,15 @@ std::uint64_t Parker::Finish(std::uint64_t seq, std::uint64_t to) {
   }
 }
 
+std::uint64_t Parker::MarkParkedUnderLock(std::uint64_t seq) {
+  const std::uint64_t base = seq << kStateBits;
+  if (word_.load(std::memory_order_relaxed) != (base | kPreparing)) {
+    FatalParkUnderLockMisuse();
+  }
+  word_.store(base | kParkedUnderLock, std::memory_order_release);
+  return base | kParkedUnderLock;
+}
+
 Parker* Parker::Current() {
   const auto* hooks = g_hooks.load(std::memory_order_acquire);
   if (hooks != nullptr) {
@@ -203,14 +217,13 @@ void ParkUnderLock(ParkTicket t, WaitReason reason, void (*unlock)(void*),
 
 bool Unpark(ParkTicket t) {
   Parker* p = t.parker;
-  const std::uint64_t under_lock =
-      (t.seq << Parker::kStateBits) | Parker::kParkedUnderLock;
+  const std::uint64_t base = t.seq << Parker::kStateBits;
   std::uint64_t prev;
-  if (p->word_.load(std::memory_order_acquire) == under_lock) {
+  if (p->word_.load(std::memory_order_acquire) ==
+      (base | Parker::kParkedUnderLock)) {
     // The sole waker (see ParkUnderLock): nobody else writes the word now.
     // store-release: publishes the waker's writes to the woken task.
-    p->word_.store((t.seq << Parker::kStateBits) | Parker::kUnparked,
-                   std::memory_order_release);
+    p->word_.store(base | Parker::kUnparked, std::memory_order_release);
     prev = Parker::kParked;
   } else {
     prev = p->Finish(t.seq, Parker::kUnparked);
@@ -227,15 +240,6 @@ bool Unpark(ParkTicket t) {
 }
 
 namespace sched_internal {
-void FatalParkUnderLockMisuse() {
-  std::fputs(
-      "fatal: gort: a ParkUnderLock cycle was unparked before it parked: its "
-      "ticket was used outside the lock its park releases (see "
-      "ParkUnderLock in sched/park.h)\n",
-      stderr);
-  std::abort();
-}
-
 void InstallSchedulerHooks(const SchedulerHooks* hooks) {
   g_hooks.store(hooks, std::memory_order_release);
 }

@@ -137,6 +137,12 @@ class Parker {
   // Moves the cycle `seq` from kPreparing or kParked to `to` (kUnparked or
   // kTimedOut). Returns the state it replaced, or kIdle if it lost.
   std::uint64_t Finish(std::uint64_t seq, std::uint64_t to);
+
+  // ParkUnderLock's commit point, called by the parking side just before
+  // its unlock: moves the cycle `seq` from kPreparing to kParkedUnderLock
+  // with a store-release, and returns the new word. Fatal if the cycle was
+  // moved already (its ticket escaped the lock; best effort: a load).
+  std::uint64_t MarkParkedUnderLock(std::uint64_t seq);
 };
 
 // Parks the calling task for the cycle `t` (which it Prepare()d). See above.
@@ -185,9 +191,6 @@ struct SchedulerHooks {
   void (*ready)(Parker* p);
 };
 void InstallSchedulerHooks(const SchedulerHooks* hooks);
-
-// ParkUnderLock found its cycle already moved: a caller broke its contract.
-[[noreturn]] void FatalParkUnderLockMisuse();
 
 }  // namespace sched_internal
 }  // namespace gort

@@ -1184,11 +1184,11 @@ Parker* HookCurrent() {
   return g != nullptr ? &g->parker : nullptr;
 }
 
-// The parking fiber's G; fatal inside Blocking(), where the fiber holds its
-// M while it runs outside the scheduler.
-G* ParkingG(Parker* p) {
+// The parking fiber's G, running on m; fatal inside Blocking(), where the
+// fiber holds its M while it runs outside the scheduler.
+G* ParkingG(Parker* p, M* m) {
   G* g = static_cast<G*>(p->owner());
-  if (GetM()->in_blocking) {
+  if (m->in_blocking) {
     Fatal("gort: fiber %llu parks inside Blocking(); Blocking's function must "
           "not use gort's blocking primitives",
           static_cast<unsigned long long>(g->id));
@@ -1201,23 +1201,16 @@ G* ParkingG(Parker* p) {
 void ParkUnderLockHook(Fiber* from, void*) {
   G* g = static_cast<G*>(from->user_data());
   g->saved_fp.store(from->SavedFramePointer(), std::memory_order_release);
-  const std::uint64_t base = g->park_seq << Parker::kStateBits;
-  // Nobody may have moved the cycle yet (best effort: a load, no CAS).
-  if (g->parker.word_.load(std::memory_order_relaxed) !=
-      (base | Parker::kPreparing)) {
-    sched_internal::FatalParkUnderLockMisuse();
-  }
   // Before the unlock: the waker takes the lock after it, so it finds the
   // cycle parked and no Unpark can come earlier. From the unlock on, g may
   // be readied and run elsewhere: nothing below touches it.
-  g->parker.word_.store(base | Parker::kParkedUnderLock,
-                        std::memory_order_release);
+  g->parker.MarkParkedUnderLock(g->park_seq);
   g->park_unlock(g->park_commit_arg);
 }
 
 void HookParkUnderLock(Parker* p, std::uint64_t seq, void (*unlock)(void*),
                        void* arg) {
-  G* g = ParkingG(p);
+  G* g = ParkingG(p, GetM());
   g->status.store(GStatus::kWaiting, std::memory_order_relaxed);
   g->park_seq = seq;
   g->park_unlock = unlock;
@@ -1227,8 +1220,8 @@ void HookParkUnderLock(Parker* p, std::uint64_t seq, void (*unlock)(void*),
 
 ParkResult HookPark(Parker* p, std::uint64_t seq, ParkCommitFn commit,
                     void* arg, std::int64_t deadline) {
-  G* g = ParkingG(p);
   M* m = GetM();
+  G* g = ParkingG(p, m);
   Timer& timer = g->timer;
   if (deadline != kNoDeadline) {
     timer.when = deadline;

@@ -8,7 +8,8 @@
 //
 // Each benchmark sets MaxProcs to its argument; the runtime stays up
 // between benchmarks. The Ps measured are 1 and 2 (this project's machine
-// has 2 cores); on a bigger one, e.g. GORT_BENCH_PROCS=1,2,4,8,16. Per-item costs are reported as the counter
+// has 2 cores); on a bigger one, e.g. GORT_BENCH_PROCS=1,2,4,8,16. Per-item
+// costs are reported as the counter
 // "ns_per_op" (wall time / operations), which is what Go's programs print.
 
 #include <sys/resource.h>
