@@ -565,6 +565,28 @@ void CancelTimer(Timer* t) {
   }
 }
 
+// A G woken by its timer has usually slept long enough for its stack to
+// have left the caches (and its page the TLB): resuming it would stall on
+// its control block, then on each frame it returns through, one miss after
+// another. Called while the G is still parked (its fields are stable),
+// this starts fetching those lines in parallel: the control block, and up
+// to 2 KiB of frames from the switch's saved frame pointer towards the top
+// of the stack. Prefetches never fault, so a stale address costs nothing.
+void PrefetchParkedStack(G* g) {
+  const char* block = reinterpret_cast<const char*>(g->fiber);
+  if (block == nullptr) return;
+  __builtin_prefetch(block, 1, 2);
+  __builtin_prefetch(block + 64, 1, 2);
+  const char* fp =
+      static_cast<const char*>(g->saved_fp.load(std::memory_order_relaxed));
+  if (fp == nullptr || fp >= block) return;
+  constexpr std::ptrdiff_t kFrameBytes = 2048;
+  const char* end = block - fp > kFrameBytes ? fp + kFrameBytes : block;
+  // From just below the frame pointer: the switch frame and the callee's
+  // locals lie there.
+  for (const char* a = fp - 256; a < end; a += 64) __builtin_prefetch(a, 1, 2);
+}
+
 // Fires p's expired timers. Returns true if any fired. Any M may call it.
 bool RunTimers(P* p, std::int64_t now) {
   if (p->timers.next_when.load(std::memory_order_acquire) > now) return false;
@@ -588,7 +610,9 @@ bool RunTimers(P* p, std::int64_t now) {
   for (int i = 0; i < n; ++i) {
     if (fired[i].parker->Finish(fired[i].seq, Parker::kTimedOut) ==
         Parker::kParked) {
-      ReadyG(static_cast<G*>(fired[i].parker->owner()), /*next=*/false);
+      G* g = static_cast<G*>(fired[i].parker->owner());
+      PrefetchParkedStack(g);
+      ReadyG(g, /*next=*/false);
     }
   }
   return n > 0;
