@@ -264,13 +264,24 @@ std::size_t BatchAdvise(const iovec* iov, std::size_t n, int advice) {
   return n;
 }
 
+// The iovec arrays handed to process_madvise. Not on the caller's stack:
+// that is a different fiber's stack nearly every time, and under shadow
+// paging (this project's VM) the kernel's first read of each such page
+// costs a fault of its own, tens of microseconds. One buffer per thread
+// stays mapped for the kernel after its first use. Safe as a thread_local:
+// nothing between filling it and the system call switches fibers.
+iovec* IovBuffer() {
+  thread_local iovec buffer[64];
+  return buffer;
+}
+
 }  // namespace
 
 void InstallGuards(const std::uintptr_t* starts, std::size_t n,
                    std::size_t len) {
   std::size_t done = 0;
   if (g_guard_mode == GuardMode::kLightweight && n > 1) {
-    iovec iov[64];
+    iovec* const iov = IovBuffer();
     while (done < n) {
       const std::size_t k = n - done < 64 ? n - done : 64;
       for (std::size_t i = 0; i < k; ++i) {
@@ -288,7 +299,7 @@ void InstallGuards(const std::uintptr_t* starts, std::size_t n,
 void PrefaultTops(const std::uintptr_t* tops, std::size_t n,
                   std::size_t bytes) {
   if (n == 0 || !g_populate_ok.load(std::memory_order_relaxed)) return;
-  iovec iov[64];
+  iovec* const iov = IovBuffer();
   for (std::size_t done = 0; done < n;) {
     const std::size_t k = n - done < 64 ? n - done : 64;
     for (std::size_t i = 0; i < k; ++i) {
