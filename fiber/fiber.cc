@@ -174,7 +174,7 @@ Fiber* Fiber::Create(Function fn, Stack stack, const char* name) {
   auto top = reinterpret_cast<std::uintptr_t>(stack.top());
   std::uintptr_t block = (top - sizeof(Fiber)) & ~std::uintptr_t{63};
   std::uintptr_t frame =
-      (block - sizeof(fiber_internal::SwitchFrame)) & ~std::uintptr_t{15};
+      (block - fiber_internal::kSwitchFrameSpan) & ~std::uintptr_t{15};
   Fiber* f = new (reinterpret_cast<void*>(block))
       Fiber(std::move(fn), std::move(stack), name);
   fiber_internal::InitFrame(

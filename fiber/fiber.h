@@ -297,7 +297,7 @@ inline void Fiber::SwitchImpl(Fiber* to, AfterSwitch after, void* arg,
 #if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
   SanitizerStartSwitch(from, to, exiting);
 #endif
-  void* prev = gort_fiber_switch(&from->sp_, to->sp_, from);
+  void* prev = fiber_internal::SwitchContext(&from->sp_, to->sp_, from);
   OnResumed(static_cast<Fiber*>(prev));
 }
 

@@ -103,15 +103,18 @@ namespace {
 void* g_main_sp;
 void* g_fib_sp;
 void RawEntry(void*, void*) {
-  for (;;) gort_fiber_switch(&g_fib_sp, g_main_sp, nullptr);
+  for (;;) fiber_internal::SwitchContext(&g_fib_sp, g_main_sp, nullptr);
 }
 void BM_Fiber_RawContextSwitchRoundTrip(benchmark::State& state) {
   Stack s = Stack::Allocate();
   auto top = (reinterpret_cast<std::uintptr_t>(s.top()) - 128) & ~15ul;
-  auto* f = reinterpret_cast<fiber_internal::SwitchFrame*>(top - sizeof(fiber_internal::SwitchFrame));
+  auto* f = reinterpret_cast<fiber_internal::SwitchFrame*>(
+      top - fiber_internal::kSwitchFrameSpan);
   fiber_internal::InitFrame(f, &RawEntry, nullptr);
   g_fib_sp = f;
-  for (auto _ : state) gort_fiber_switch(&g_main_sp, g_fib_sp, nullptr);
+  for (auto _ : state) {
+    fiber_internal::SwitchContext(&g_main_sp, g_fib_sp, nullptr);
+  }
 }
 BENCHMARK(BM_Fiber_RawContextSwitchRoundTrip);
 }

@@ -1,17 +1,25 @@
 // gort's context switch for x86-64 (System V ABI).
 //
-//   void* gort_fiber_switch(void** save_sp, void* load_sp, void* transfer);
-//
+// Entered by a jump, not a call (fiber_internal::SwitchContext in
+// context.h says why), with
+//   %rdi = save_sp, %rsi = load_sp, %rdx = transfer,
+//   %rcx = the address to resume the running context at.
 // Saves the callee-saved state of the running context on its own stack,
-// stores the resulting stack pointer in *save_sp, loads load_sp and restores
-// the state saved there, then returns `transfer` in the resumed context (as
-// the return value of *its* gort_fiber_switch call, or in %rax for the
-// trampoline of a new fiber).
+// stores the resulting stack pointer in *save_sp, loads load_sp, restores
+// the state saved there and jumps to its resume address with `transfer` in
+// %rax (SwitchContext's result there, or the trampoline's input for a new
+// fiber). The stack pointer the resumed code sees is the one it had when it
+// switched away.
 //
 // Saved frame, from the saved stack pointer upwards (see SwitchFrame in
 // context.h, whose static_asserts pin these offsets):
 //   0: MXCSR (4 bytes), 4: x87 control word (2 bytes), 6: padding
-//   8: r12  16: r13  24: r14  32: r15  40: rbx  48: rbp  56: return address
+//   8: r12  16: r13  24: r14  32: r15  40: rbx  48: rbp  56: resume address
+//   64-191: the switching code's red zone, left untouched
+// It is written 0xc0 bytes below the stack pointer at entry, so that the
+// 128 bytes below that pointer, which a leaf function may use without
+// moving %rsp (and SwitchContext's caller looks like one to the compiler),
+// survive.
 //
 // Profilers: the CFI below stays true for every instruction, on both sides of
 // the stack swap, because both stacks hold a frame of the same shape. A SIGPROF
@@ -24,8 +32,14 @@
         .p2align 4
 gort_fiber_switch:
         .cfi_startproc
-        leaq    -0x38(%rsp), %rsp
-        .cfi_adjust_cfa_offset 0x38
+        // Nothing was pushed: the caller's frame starts at %rsp, and its
+        // resume address is in %rcx.
+        .cfi_def_cfa %rsp, 0
+        .cfi_register %rip, %rcx
+        leaq    -0xc0(%rsp), %rsp
+        .cfi_adjust_cfa_offset 0xc0
+        movq    %rcx, 0x38(%rsp)
+        .cfi_rel_offset %rip, 0x38
         stmxcsr (%rsp)
         fnstcw  0x4(%rsp)
         movq    %r12, 0x08(%rsp)
@@ -60,7 +74,7 @@ gort_fiber_switch:
         movq    0x28(%rsp), %rbx
         movq    0x30(%rsp), %rbp
         .cfi_remember_state
-        leaq    0x40(%rsp), %rsp
+        leaq    0xc0(%rsp), %rsp
         .cfi_def_cfa_offset 0
         .cfi_restore %r12
         .cfi_restore %r13
@@ -70,8 +84,8 @@ gort_fiber_switch:
         .cfi_restore %rbp
         .cfi_register %rip, %r8
         movq    %rdx, %rax
-        // A jump, not `ret`: the return stack buffer would predict a return
-        // to our own caller, which is always wrong for a switch.
+        // A jump, not `ret`: nothing was pushed, on either stack or the
+        // return stack buffer.
         jmpq    *%r8
 
         // Merged MXCSR (Intel): the target's control bits, plus the
@@ -115,7 +129,7 @@ gort_fiber_merge_mxcsr_flags:
         .byte   1
         .text
 
-// The first frame of every fiber. gort_fiber_switch "returns" here with
+// The first frame of every fiber. gort_fiber_switch jumps here with
 //   %rbx = argument for the entry function, %r12 = entry function,
 //   %rax = the transfer value of the switch that started the fiber,
 //   %rbp = 0 and %rsp 16-byte aligned.
