@@ -119,7 +119,8 @@ static_assert(offsetof(SwitchFrame, d8) == 96);
 static_assert(offsetof(SwitchFrame, fpcr) == 160);
 static_assert(offsetof(SwitchFrame, fpsr) == 168);
 static_assert(sizeof(SwitchFrame) == 176);
-inline constexpr std::size_t kSwitchFrameSpan = sizeof(SwitchFrame);  // no red zone
+// AAPCS64 has no red zone.
+inline constexpr std::size_t kSwitchFrameSpan = sizeof(SwitchFrame);
 
 // Saves the running context, resumes the one saved at load_sp and returns
 // the `transfer` value of the switch that later resumes this context.
