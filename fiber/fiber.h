@@ -194,7 +194,7 @@ class Fiber {
   // For a suspended fiber: its saved frame pointer and resume address, from
   // which a debugger or leak checker can walk its stack (frame pointers are
   // kept: -fno-omit-frame-pointer). Null for a running or never-run fiber.
-  void* SavedFramePointer() const;
+  inline void* SavedFramePointer() const;
   void* SavedProgramCounter() const;
 
   // Called on the fiber's own stack after its function has returned and the
@@ -308,6 +308,17 @@ inline void Fiber::OnResumed(Fiber* from) {
   // `from` may be resumed elsewhere, or destroyed, once `after` has
   // published it: nothing here touches it afterwards.
   if (AfterSwitch after = from->pending_after_) after(from, from->pending_arg_);
+}
+
+// Inline: the scheduler records it on every park and yield.
+inline void* Fiber::SavedFramePointer() const {
+  if (state_ != State::kSuspended || sp_ == nullptr) return nullptr;
+  const auto* f = static_cast<const fiber_internal::SwitchFrame*>(sp_);
+#if defined(__x86_64__)
+  return reinterpret_cast<void*>(f->rbp);
+#else
+  return reinterpret_cast<void*>(f->x29);
+#endif
 }
 
 inline void Fiber::SwitchTo(Fiber* to, AfterSwitch after, void* arg) {

@@ -57,6 +57,7 @@ class RunQueue {
     // `overflow` (oldest first) and returns false; the caller must put those
     // elements somewhere else (the global queue). Executed only by the owner.
     bool Push(T* t, Overflow& overflow) {
+      if (TryPush(t)) return true;
       for (;;) {
         // load-acquire: pairs with the CAS-release in Pop/StealInto, so the
         // slot we are about to overwrite has been read by its consumer.
@@ -72,6 +73,21 @@ class RunQueue {
         if (TakeHalfForOverflow(head, tail, t, overflow)) return false;
         // A thief took some: there is room now.
       }
+    }
+
+    // Adds t at the tail if the ring has room; returns false (and leaves
+    // the ring alone) if it is full. Executed only by the owner.
+    bool TryPush(T* t) {
+      // load-acquire: pairs with the CAS-release in Pop/StealInto, so the
+      // slot we are about to overwrite has been read by its consumer.
+      std::uint32_t head = q_->head_.load(std::memory_order_acquire);
+      std::uint32_t tail = q_->tail_.load(std::memory_order_relaxed);
+      if (tail - head >= kCapacity) return false;
+      q_->buf_[tail % kCapacity].store(t, std::memory_order_relaxed);
+      // store-release: pairs with the load-acquire of tail_ in Pop and
+      // StealInto, publishing the slot and everything before the push.
+      q_->tail_.store(tail + 1, std::memory_order_release);
+      return true;
     }
 
     // Puts t in the runnext slot, so it runs before anything in the ring
