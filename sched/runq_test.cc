@@ -59,6 +59,25 @@ TEST(RunQueueTest, PopWithoutNextSkipsRunnext) {
   EXPECT_EQ(local.Pop(), &a);
 }
 
+TEST(RunQueueTest, TryPushFailsOnAFullRingAndLeavesItAlone) {
+  auto qp = std::make_unique<Q>();  // heap: ASan's fake stack ignores alignas(64)
+  Q& q = *qp;
+  auto local = q.local();
+  std::vector<Task> tasks(Q::capacity() + 1);
+  for (std::uint32_t i = 0; i < Q::capacity(); ++i) {
+    ASSERT_TRUE(local.TryPush(&tasks[i]));
+  }
+  EXPECT_FALSE(local.TryPush(&tasks[Q::capacity()]));
+  EXPECT_EQ(local.Size(), Q::capacity());
+  // Room again after one pop; FIFO order kept throughout.
+  EXPECT_EQ(local.Pop(), &tasks[0]);
+  EXPECT_TRUE(local.TryPush(&tasks[Q::capacity()]));
+  for (std::uint32_t i = 1; i <= Q::capacity(); ++i) {
+    EXPECT_EQ(local.Pop(), &tasks[i]);
+  }
+  EXPECT_TRUE(local.Empty());
+}
+
 TEST(RunQueueTest, OverflowMovesHalfPlusNewInFifoOrder) {
   auto qp = std::make_unique<Q>();  // heap: ASan's fake stack ignores alignas(64)
   Q& q = *qp;
