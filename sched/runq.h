@@ -138,6 +138,13 @@ class RunQueue {
 
     // Number of tasks in the ring plus runnext; exact for the owner.
     std::uint32_t Size() const { return q_->Size(); }
+    // Size() != 0 in two or three loads, without Size()'s consistency loop
+    // (only thieves move head_, and never past the owner's tail_).
+    bool HasWork() const {
+      return q_->next_.load(std::memory_order_relaxed) != nullptr ||
+             q_->head_.load(std::memory_order_acquire) !=
+                 q_->tail_.load(std::memory_order_relaxed);
+    }
     bool Empty() const { return Size() == 0; }
 
    private:

@@ -977,7 +977,7 @@ inline void EnsureFiber(G* g) {
   if (g->fiber == nullptr) CreateFiber(g);
 }
 
-void MarkRunning(M* m, G* g) {
+inline void MarkRunning(M* m, G* g) {
   m->curg = g;
   g->saved_fp.store(nullptr, std::memory_order_relaxed);
   g->status.store(GStatus::kRunning, std::memory_order_relaxed);
@@ -1292,7 +1292,7 @@ void YieldHook(Fiber* from, void*) {
   // Go's Gosched queues globally; we stay local (no lock) unless the local
   // queue is empty and others wait in the global one, which then go first.
   if (m->p != nullptr &&
-      (m->p->runq.Size() > 0 ||
+      (m->p->runq.local().HasWork() ||
        g_sched->runq_size.load(std::memory_order_relaxed) == 0)) {
     RunqPut(m->p, g, /*next=*/false);
   } else {
@@ -1792,7 +1792,7 @@ void Yield() {
     return;
   }
   P* p = m->p;
-  if (m->locked_g == nullptr && p != nullptr && p->runq.Size() == 0 &&
+  if (m->locked_g == nullptr && p != nullptr && !p->runq.local().HasWork() &&
       g_sched->runq_size.load(std::memory_order_relaxed) == 0) {
     // Nothing else to run here, unless a timer is due: looked at on every
     // 61st such yield only (a clock read costs more than the yield).
