@@ -589,9 +589,10 @@ void PrefetchParkedStack(G* g) {
   if (fp == nullptr || fp >= block) return;
   constexpr std::ptrdiff_t kFrameBytes = 2048;
   const char* end = block - fp > kFrameBytes ? fp + kFrameBytes : block;
-  // From just below the frame pointer: the switch frame and the callee's
-  // locals lie there.
-  for (const char* a = fp - 256; a < end; a += 64) __builtin_prefetch(a, 1, 2);
+  // From below the frame pointer: the switching function's locals, the
+  // 128-byte red zone and then the 64-byte switch frame lie there (a frame
+  // of up to 256 bytes is covered).
+  for (const char* a = fp - 448; a < end; a += 64) __builtin_prefetch(a, 1, 2);
 }
 
 // Fires p's expired timers. Returns true if any fired. Any M may call it.

@@ -51,13 +51,21 @@ using TrampolineEntry = void (*)(void* arg, void* transfer);
 // code (a yielding loop, a channel ping-pong). The switch preserves rbx,
 // rbp, r12-r15, rsp and the FP control words; the rest is clobbered, as by
 // a call. The saved frame sits below the caller's 128-byte red zone.
+// (The AVX-512 clobbers follow this file's target flags: a function given
+// AVX-512 by `__attribute__((target))` alone must not switch fibers.)
 __attribute__((always_inline)) inline void* SwitchContext(void** save_sp,
                                                           void* load_sp,
                                                           void* transfer) {
   void* result;
+  // Through the GOT, not the PLT: a PLT stub's unwind info assumes it was
+  // called, and a lazy-binding resolver would push onto the red zone. The
+  // linker relaxes this to a direct jump where the symbol is local.
   asm volatile(
+#if defined(__AVX__)
+      "vzeroupper\n\t"  // as a call site would: no dirty upper halves
+#endif
       "leaq 1f(%%rip), %%rcx\n\t"
-      "jmp gort_fiber_switch@PLT\n"
+      "jmp *gort_fiber_switch@GOTPCREL(%%rip)\n"
       "1:"
       : "=a"(result), "+D"(save_sp), "+S"(load_sp), "+d"(transfer)
       :
@@ -67,9 +75,10 @@ __attribute__((always_inline)) inline void* SwitchContext(void** save_sp,
 #if defined(__AVX512F__)
         "xmm16", "xmm17", "xmm18", "xmm19", "xmm20", "xmm21", "xmm22",
         "xmm23", "xmm24", "xmm25", "xmm26", "xmm27", "xmm28", "xmm29",
-        "xmm30", "xmm31", "k1", "k2", "k3", "k4", "k5", "k6", "k7",
+        "xmm30", "xmm31", "k0", "k1", "k2", "k3", "k4", "k5", "k6", "k7",
 #endif
-        "st", "st(1)", "st(2)", "st(3)", "st(4)", "st(5)", "st(6)", "st(7)");
+        "st", "st(1)", "st(2)", "st(3)", "st(4)", "st(5)", "st(6)", "st(7)",
+        "mm0", "mm1", "mm2", "mm3", "mm4", "mm5", "mm6", "mm7");
   return result;
 }
 
