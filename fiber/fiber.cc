@@ -300,14 +300,4 @@ void Fiber::Entry(void* self_arg, void* transfer) {
   ExitTo(self->resumer_);
 }
 
-void* Fiber::SavedProgramCounter() const {
-  if (state_ != State::kSuspended || sp_ == nullptr) return nullptr;
-  const auto* f = static_cast<const fiber_internal::SwitchFrame*>(sp_);
-#if defined(__x86_64__)
-  return reinterpret_cast<void*>(f->return_address);
-#else
-  return reinterpret_cast<void*>(f->x30);
-#endif
-}
-
 }  // namespace gort

@@ -195,7 +195,7 @@ class Fiber {
   // which a debugger or leak checker can walk its stack (frame pointers are
   // kept: -fno-omit-frame-pointer). Null for a running or never-run fiber.
   inline void* SavedFramePointer() const;
-  void* SavedProgramCounter() const;
+  inline void* SavedProgramCounter() const;
 
   // Called on the fiber's own stack after its function has returned and the
   // function object has been destroyed; must not return (it ends with
@@ -227,6 +227,8 @@ class Fiber {
                                                        void* arg,
                                                        bool exiting);
   __attribute__((always_inline)) static void OnResumed(Fiber* from);
+  // The saved switch frame while suspended; null otherwise.
+  const fiber_internal::SwitchFrame* SuspendedFrame() const;
   static void SanitizerStartSwitch(Fiber* from, Fiber* to, bool exiting);
   static void SanitizerFinishSwitch(Fiber* from);
   [[noreturn]] static void BadSwitch(Fiber* from, Fiber* to, bool exiting);
@@ -310,14 +312,29 @@ inline void Fiber::OnResumed(Fiber* from) {
   if (AfterSwitch after = from->pending_after_) after(from, from->pending_arg_);
 }
 
+inline const fiber_internal::SwitchFrame* Fiber::SuspendedFrame() const {
+  if (state_ != State::kSuspended || sp_ == nullptr) return nullptr;
+  return static_cast<const fiber_internal::SwitchFrame*>(sp_);
+}
+
 // Inline: the scheduler records it on every park and yield.
 inline void* Fiber::SavedFramePointer() const {
-  if (state_ != State::kSuspended || sp_ == nullptr) return nullptr;
-  const auto* f = static_cast<const fiber_internal::SwitchFrame*>(sp_);
+  const fiber_internal::SwitchFrame* f = SuspendedFrame();
+  if (f == nullptr) return nullptr;
 #if defined(__x86_64__)
   return reinterpret_cast<void*>(f->rbp);
 #else
   return reinterpret_cast<void*>(f->x29);
+#endif
+}
+
+inline void* Fiber::SavedProgramCounter() const {
+  const fiber_internal::SwitchFrame* f = SuspendedFrame();
+  if (f == nullptr) return nullptr;
+#if defined(__x86_64__)
+  return reinterpret_cast<void*>(f->return_address);
+#else
+  return reinterpret_cast<void*>(f->x30);
 #endif
 }
 
