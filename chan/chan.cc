@@ -134,11 +134,12 @@ std::align_val_t AllocAlign(const ElemOps* ops) {
   return std::align_val_t(std::max(alignof(ChanCore), ops->align));
 }
 
+// The unlock as ParkUnderLock takes it, and as Park's commit.
+void UnlockCoreVoid(void* c) { static_cast<ChanCore*>(c)->lock_.unlock(); }
 bool UnlockCore(void* c) {
-  static_cast<ChanCore*>(c)->lock_.unlock();
+  UnlockCoreVoid(c);
   return true;
 }
-void UnlockCoreVoid(void* c) { static_cast<ChanCore*>(c)->lock_.unlock(); }
 
 // Parks forever, or until `deadline` (operations on a nil channel).
 void BlockOnNil(WaitReason reason, std::int64_t deadline) {

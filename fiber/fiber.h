@@ -320,22 +320,12 @@ inline const fiber_internal::SwitchFrame* Fiber::SuspendedFrame() const {
 // Inline: the scheduler records it on every park and yield.
 inline void* Fiber::SavedFramePointer() const {
   const fiber_internal::SwitchFrame* f = SuspendedFrame();
-  if (f == nullptr) return nullptr;
-#if defined(__x86_64__)
-  return reinterpret_cast<void*>(f->rbp);
-#else
-  return reinterpret_cast<void*>(f->x29);
-#endif
+  return f != nullptr ? f->frame_pointer() : nullptr;
 }
 
 inline void* Fiber::SavedProgramCounter() const {
   const fiber_internal::SwitchFrame* f = SuspendedFrame();
-  if (f == nullptr) return nullptr;
-#if defined(__x86_64__)
-  return reinterpret_cast<void*>(f->return_address);
-#else
-  return reinterpret_cast<void*>(f->x30);
-#endif
+  return f != nullptr ? f->resume_address() : nullptr;
 }
 
 inline void Fiber::SwitchTo(Fiber* to, AfterSwitch after, void* arg) {

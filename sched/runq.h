@@ -57,20 +57,14 @@ class RunQueue {
     // `overflow` (oldest first) and returns false; the caller must put those
     // elements somewhere else (the global queue). Executed only by the owner.
     bool Push(T* t, Overflow& overflow) {
-      if (TryPush(t)) return true;
       for (;;) {
-        // load-acquire: pairs with the CAS-release in Pop/StealInto, so the
-        // slot we are about to overwrite has been read by its consumer.
+        if (TryPush(t)) return true;
         std::uint32_t head = q_->head_.load(std::memory_order_acquire);
         std::uint32_t tail = q_->tail_.load(std::memory_order_relaxed);
-        if (tail - head < kCapacity) {
-          q_->buf_[tail % kCapacity].store(t, std::memory_order_relaxed);
-          // store-release: pairs with the load-acquire of tail_ in Pop and
-          // StealInto, publishing the slot and everything before Push.
-          q_->tail_.store(tail + 1, std::memory_order_release);
-          return true;
+        if (tail - head >= kCapacity &&
+            TakeHalfForOverflow(head, tail, t, overflow)) {
+          return false;
         }
-        if (TakeHalfForOverflow(head, tail, t, overflow)) return false;
         // A thief took some: there is room now.
       }
     }

@@ -481,9 +481,6 @@ P* ReleaseP(M* m) {
 
 // --- Run queues --------------------------------------------------------------
 
-// Puts g in p's local queue (in runnext if `next`), spilling half of a full
-// ring to the global queue. Executed only by p's owner M. Returns whether
-// the ring was full.
 // The full-ring path of RunqPut, out of line: its 1 KiB batch stays off the
 // hot path's frame.
 __attribute__((noinline)) bool RunqPutSlow(P* p, G* g) {
@@ -496,6 +493,9 @@ __attribute__((noinline)) bool RunqPutSlow(P* p, G* g) {
   return false;
 }
 
+// Puts g in p's local queue (in runnext if `next`), spilling half of a full
+// ring to the global queue. Executed only by p's owner M. Returns whether
+// the ring was full.
 inline bool RunqPut(P* p, G* g, bool next) {
   auto local = p->runq.local();
   if (next) {
@@ -589,10 +589,14 @@ void PrefetchParkedStack(G* g) {
   if (fp == nullptr || fp >= block) return;
   constexpr std::ptrdiff_t kFrameBytes = 2048;
   const char* end = block - fp > kFrameBytes ? fp + kFrameBytes : block;
-  // From below the frame pointer: the switching function's locals, the
-  // 128-byte red zone and then the 64-byte switch frame lie there (a frame
-  // of up to 256 bytes is covered).
-  for (const char* a = fp - 448; a < end; a += 64) __builtin_prefetch(a, 1, 2);
+  // From below the frame pointer: the switching function's locals (up to
+  // 256 bytes are covered), then the saved context (the switch frame, on
+  // x86-64 below the red zone) lie there.
+  constexpr std::ptrdiff_t kBelow =
+      256 + static_cast<std::ptrdiff_t>(fiber_internal::kSwitchFrameSpan);
+  for (const char* a = fp - kBelow; a < end; a += 64) {
+    __builtin_prefetch(a, 1, 2);
+  }
 }
 
 // Fires p's expired timers. Returns true if any fired. Any M may call it.

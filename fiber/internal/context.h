@@ -45,7 +45,8 @@ using TrampolineEntry = void (*)(void* arg, void* transfer);
 // Entered by a jump, not a call. A call pushes a return-stack-buffer entry
 // that no `ret` pops, since the switch leaves into another context: every
 // later `ret` of the resumed fiber would then be predicted from an entry one
-// place off (a mispredict each, about 4 ns on this VM's AMD EPYC). Without
+// place off, a mispredict each (on this project's AMD EPYC VM a yield took
+// 26 ns that way, 21 ns without; docs/fiber.md has the figures). Without
 // the push, the resumed fiber's returns use the entries the suspending
 // fiber's calls left, which are right whenever both parked through the same
 // code (a yielding loop, a channel ping-pong). The switch preserves rbx,
@@ -89,6 +90,11 @@ struct SwitchFrame {
   std::uint16_t padding;
   std::uint64_t r12, r13, r14, r15, rbx, rbp;
   std::uint64_t return_address;
+
+  void* frame_pointer() const { return reinterpret_cast<void*>(rbp); }
+  void* resume_address() const {
+    return reinterpret_cast<void*>(return_address);
+  }
 };
 static_assert(offsetof(SwitchFrame, mxcsr) == 0);
 static_assert(offsetof(SwitchFrame, x87_control_word) == 4);
@@ -119,6 +125,9 @@ struct SwitchFrame {
   std::uint64_t d8, d9, d10, d11, d12, d13, d14, d15;
   std::uint64_t fpcr;
   std::uint64_t fpsr;  // the exception flags, restored exactly
+
+  void* frame_pointer() const { return reinterpret_cast<void*>(x29); }
+  void* resume_address() const { return reinterpret_cast<void*>(x30); }
 };
 static_assert(offsetof(SwitchFrame, x19) == 0);
 static_assert(offsetof(SwitchFrame, x20) == 8);
@@ -133,7 +142,10 @@ inline constexpr std::size_t kSwitchFrameSpan = sizeof(SwitchFrame);
 
 // Saves the running context, resumes the one saved at load_sp and returns
 // the `transfer` value of the switch that later resumes this context.
-inline void* SwitchContext(void** save_sp, void* load_sp, void* transfer) {
+// Inlined even at -O0, so that each switching site resumes in its own code.
+__attribute__((always_inline)) inline void* SwitchContext(void** save_sp,
+                                                          void* load_sp,
+                                                          void* transfer) {
   return gort_fiber_switch(save_sp, load_sp, transfer);
 }
 
