@@ -192,6 +192,13 @@ class RunQueue {
 
     std::uint32_t Size() const { return q_->Size(); }
 
+    // Whether the victim's ring is empty, whatever its runnext holds: when
+    // StealInto(dst, true) could take only runnext, or nothing. A snapshot.
+    bool RingEmpty() const {
+      return q_->head_.load(std::memory_order_acquire) ==
+             q_->tail_.load(std::memory_order_acquire);
+    }
+
    private:
     friend class RunQueue;
     explicit Stealer(RunQueue* q) : q_(q) {}

@@ -59,6 +59,30 @@ TEST(RunQueueTest, PopWithoutNextSkipsRunnext) {
   EXPECT_EQ(local.Pop(), &a);
 }
 
+// What the scheduler's thieves test before pausing for a running P: an
+// empty ring, with or without a runnext (which Size() counts).
+TEST(RunQueueTest, RingEmptyIgnoresRunnext) {
+  auto qp = std::make_unique<Q>();  // heap: ASan's fake stack ignores alignas(64)
+  Q& q = *qp;
+  auto local = q.local();
+  Q::Overflow overflow;
+  Task a{1}, b{2};
+  EXPECT_TRUE(q.stealer().RingEmpty());
+  local.PushNext(&a);
+  EXPECT_TRUE(q.stealer().RingEmpty());
+  EXPECT_EQ(q.stealer().Size(), 1u);
+  ASSERT_TRUE(local.Push(&b, overflow));
+  EXPECT_FALSE(q.stealer().RingEmpty());
+  // A thief takes the ring's b before runnext, even when allowed both.
+  auto other = std::make_unique<Q>();
+  auto dst = other->local();
+  EXPECT_EQ(q.stealer().StealInto(dst, /*steal_next=*/true), &b);
+  EXPECT_TRUE(q.stealer().RingEmpty());
+  EXPECT_EQ(q.stealer().StealInto(dst, /*steal_next=*/false), nullptr);
+  EXPECT_EQ(q.stealer().StealInto(dst, /*steal_next=*/true), &a);
+  EXPECT_TRUE(local.Empty());
+}
+
 TEST(RunQueueTest, TryPushFailsOnAFullRingAndLeavesItAlone) {
   auto qp = std::make_unique<Q>();  // heap: ASan's fake stack ignores alignas(64)
   Q& q = *qp;

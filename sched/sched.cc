@@ -790,13 +790,18 @@ G* StealWork(M* m) {
       if (victim == self) continue;
       if (last && !backed_off &&
           victim->status.load(std::memory_order_relaxed) == kPRunning &&
-          victim->runq.stealer().Size() == 0) {
-        // About to take a running P's runnext (Go's runqgrab): give its
-        // owner a moment to run it first. Without this pause, a fiber that
-        // readies its partner and then parks (channel ping-pong) has the
-        // partner stolen by the M it just woke, so every hand-off crosses
-        // threads and wakes an M. While we pause we count as spinning, so
-        // further readies wake nobody.
+          victim->runq.stealer().RingEmpty()) {
+        // About to take a running P's runnext, or to find it idle-handed:
+        // give its owner a moment (Go's runqgrab pauses 3 us before taking
+        // runnext). Without the pause, a fiber that readies its partner and
+        // then parks (channel ping-pong) has the partner stolen by the M it
+        // just woke, so every hand-off crosses threads; and a spinner that
+        // finds nothing gives up its P at once, to be woken by a syscall
+        // for the next ready. While we pause we count as spinning, so
+        // further readies wake nobody. (Until 2026-11-28 this tested
+        // Size() == 0, which counts runnext, so a lone runnext was taken at
+        // once: a select over two producers kept both Ps busy passing every
+        // item across cores; docs/sched.md, "Runnext and locality".)
         usleep(3);
         backed_off = true;
       }
