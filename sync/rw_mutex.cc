@@ -1,5 +1,7 @@
 #include "sync/rw_mutex.h"
 
+#include <thread>
+
 #include "fiber/internal/fatal.h"
 
 // Invariants (Go's sync.RWMutex scheme):
@@ -32,6 +34,12 @@
 namespace gort {
 
 using fiber_internal::Fatal;
+
+void RWMutex::AwaitWriterUnlock() {
+  // The writer is a few instructions from done, unless its thread was
+  // preempted: let it run.
+  std::this_thread::yield();
+}
 
 void RWMutex::RLockSlow() {
   // We are counted; the writer's Unlock posts one token for us.

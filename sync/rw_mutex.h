@@ -38,7 +38,9 @@
 //    unlocked RWMutex").
 //  - At most 2^30 - 1 concurrent readers.
 //  - An RWMutex may be destroyed once it is unlocked and no call on it is
-//    in progress or will be made.
+//    in progress or will be made, except the writer's Unlock that let the
+//    destroying task in: the destructor waits for that one to return (the
+//    reference-count pattern: the last reader deletes the object).
 //
 // Memory ordering (Go's memory model): the n'th Unlock synchronizes with
 // the (n+1)'th Lock; an Unlock synchronizes with every RLock that returns
@@ -120,6 +122,21 @@ class RWMutex {
     w_.Unlock();                           // then let the next writer in
   }
 
+  // A reader that a writer's Unlock let in may unlock and destroy the
+  // RWMutex while that Unlock is still returning (the reference-count
+  // pattern): its last step, w_.Unlock(), comes after the readers are let
+  // in (in the other order the next writer could act before they are).
+  // Nobody else may hold w_ then, so wait for it to be released. acquire:
+  // pairs with w_.Unlock()'s release, the writer's last touch of *this.
+  // (w_ held with readers let in, reader_count_ >= 0, is that window only; a
+  // writer that holds the lock has made the count negative.)
+  ~RWMutex() {
+    while ((w_.state_.load(std::memory_order_acquire) & Mutex::kLocked) != 0 &&
+           reader_count_.load(std::memory_order_relaxed) >= 0) {
+      AwaitWriterUnlock();
+    }
+  }
+
   // C++ Lockable / SharedLockable spellings.
   void lock() { Lock(); }
   void unlock() { Unlock(); }
@@ -134,6 +151,7 @@ class RWMutex {
   static constexpr std::int32_t kMaxReaders = 1 << 30;
 
   void RLockSlow();
+  static void AwaitWriterUnlock();
   void RUnlockSlow(std::int32_t r);
   void WaitForReaders(std::int32_t r);
   void UnlockSlow(std::int32_t before);

@@ -234,6 +234,39 @@ TEST_P(RWMutexTest, StressWritersAndReadersKeepTheInvariant) {
   EXPECT_EQ(b, writes.load());
 }
 
+// The reference-count pattern with a writer: each reader takes and releases
+// the read lock, then drops its reference; the last one deletes the object,
+// possibly while the writer's Unlock, which let those readers in, is still
+// finishing.
+TEST_P(RWMutexTest, TheLastReaderMayDeleteTheMutexRightAfterAWriterUnlocks) {
+  const int kRounds = 2000 / kScale;
+  constexpr int kReaders = 4;
+  struct Shared {
+    RWMutex mu;
+    std::atomic<int> refs{kReaders};
+  };
+  for (int round = 0; round < kRounds; ++round) {
+    auto* s = new Shared;
+    WaitGroup done;
+    done.Add(kReaders + 1);
+    s->mu.Lock();
+    for (int i = 0; i < kReaders; ++i) {
+      Go([s, &done] {
+        s->mu.RLock();
+        s->mu.RUnlock();
+        if (s->refs.fetch_sub(1, std::memory_order_acq_rel) == 1) delete s;
+        done.Done();
+      });
+    }
+    std::thread writer([s, &done] {
+      s->mu.Unlock();  // lets the readers in; they may delete s at once
+      done.Done();
+    });
+    done.Wait();
+    writer.join();
+  }
+}
+
 TEST(RWMutexDeathTest, RUnlockOfUnlockedRWMutexIsFatal) {
   GTEST_FLAG_SET(death_test_style, "threadsafe");
   EXPECT_DEATH(

@@ -23,12 +23,28 @@ class Latch {
   void Add(std::int64_t n) { count_.fetch_add(n, std::memory_order_relaxed); }
 
   void Done() {
-    if (count_.fetch_sub(1, std::memory_order_acq_rel) != 1) return;
+    // Not the last: this decrement releases nobody. acq_rel, as the last
+    // one's: it publishes our writes to the waiters.
+    std::int64_t c = count_.load(std::memory_order_relaxed);
+    while (c > 1) {
+      if (count_.compare_exchange_weak(c, c - 1, std::memory_order_acq_rel,
+                                       std::memory_order_relaxed)) {
+        return;
+      }
+    }
+    // Maybe the last: decrement under the lock. Wait() reads the count under
+    // it too, so a waiter cannot see zero, return and destroy the latch (it
+    // is usually on the waiter's stack) while we still use it. Decremented
+    // outside the lock, a waiter that came by between our decrement and our
+    // lock returned at once, and we then locked a dead latch (seen as a
+    // hang of sched_bench, 2026-11-28).
     std::vector<ParkTicket> waiters;
     {
       std::lock_guard<sched_internal::Lock> l(lock_);
+      if (count_.fetch_sub(1, std::memory_order_acq_rel) != 1) return;
       waiters.swap(waiters_);
     }
+    // The tickets are ours now; the latch may already be gone.
     for (ParkTicket t : waiters) Unpark(t);
   }
 
