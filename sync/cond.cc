@@ -42,9 +42,15 @@ void Cond::Wait() {
   // Take a ticket while we still hold the user's lock. Relaxed: the user's
   // unlock (release) publishes it to the next holder, who may Signal.
   const std::uint32_t t = wait_.fetch_add(1, std::memory_order_relaxed);
+  // Read the relocking hook now, so that once a Signal/Broadcast has woken
+  // us we touch *this no more (hardening: the documented rule forbids
+  // destroying a Cond while any Wait is in progress, but a woken waiter
+  // still relocking is easy to overlook).
+  auto* const lock_fn = lock_fn_;
+  void* const lock_arg = lock_arg_;
   unlock_fn_(lock_arg_);
   WaitTicket(t);
-  lock_fn_(lock_arg_);
+  lock_fn(lock_arg);
 }
 
 void Cond::WaitTicket(std::uint32_t t) {
