@@ -4,27 +4,28 @@
 # library they load (the loader and libc included, so the target's own
 # libraries do not matter), the Go programs of bench/go (static) and
 # devbench/run.sh, which runs them all and writes its figures to a folder.
-#   bench/device_bundle.sh            # builds devbench/ (ignored by git)
+#   bench/device_bundle.sh            # builds devbench/ (in .gitignore)
 #   devbench/run.sh OUTDIR            # on the other machine
+# x86-64 Linux only (it carries and calls ld-linux-x86-64.so.2).
 # run.sh does: scheduler scaling at 1, 2, 4, 8, 16 Ps (as bench/scaling.sh),
 # the switch against Boost.Context, channels, mutexes and the million-fiber
 # demo beside Go's, each on as many cores as the machine has and at 2 Ps.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bins=(sched/sched_bench fiber/fiber_bench chan/chan_bench sync/mutex_bench
-  sync/wait_group_bench examples/million_fibers)
+  examples/million_fibers)
 labels=()
 for b in "${bins[@]}"; do labels+=("//${b%/*}:${b#*/}"); done
-bazel build --config=opt "${labels[@]}" 2>&1 | tail -1
+bazel build --config=opt "${labels[@]}"
 rm -rf devbench
 mkdir -p devbench/bin devbench/lib devbench/go
+for b in "${bins[@]}"; do cp "bazel-bin/$b" devbench/bin/; done
+# Each library once (cp -n exits 1 on an existing file with newer coreutils).
 for b in "${bins[@]}"; do
-  cp "bazel-bin/$b" devbench/bin/
-  ldd "bazel-bin/$b" | awk '$3 ~ /^\// {print $3} $1 ~ /^\// {print $1}' |
-    xargs -r cp -n -L -t devbench/lib/
-done
-(cd bench/go && for p in */; do
-  p=${p%/}
+  ldd "bazel-bin/$b" | awk '$3 ~ /^\// {print $3} $1 ~ /^\// {print $1}'
+done | sort -u | xargs -r cp -L -t devbench/lib/
+(cd bench/go && for p in spawn skewed pingpong yield chan_pingpong \
+  chan_buffered chan_select mutex rwmutex sleepers; do
   CGO_ENABLED=0 go build -o "../../devbench/go/$p" "./$p"
 done)
 cat >devbench/run.sh <<'EOF'
@@ -38,10 +39,12 @@ g() {  # runs one of the bundled gort binaries with the bundled libraries
   local b=$1; shift
   "$here/lib/ld-linux-x86-64.so.2" --library-path "$here/lib" "$here/bin/$b" "$@"
 }
-med() {  # runs a Go program three times; prints its value after key $1
+med() {  # runs a Go program three times; prints the median and all three
   local key=$1; shift
-  for r in 1 2 3; do "$@" | awk -v k="$key" '$1 == k {print $2}'; done |
-    sort -g | sed -n 2p
+  local v
+  v=$(for r in 1 2 3; do "$@" | awk -v k="$key" '$1 == k {print $2}'; done |
+    sort -g | paste -sd' ')
+  echo "$(echo "$v" | awk '{print $2}') ($v)"
 }
 ncpu=$(nproc)
 {
@@ -85,7 +88,7 @@ agg=(--benchmark_repetitions=3 --benchmark_report_aggregates_only=true)
   echo "rwmutex $(med ns_per_op "$here/go/rwmutex")"
 } >"$out/chan_sync.txt" 2>&1
 {
-  for p in 2 "$ncpu"; do
+  for p in $(printf '%s\n' 2 "$ncpu" | sort -un); do
     echo "== demo at $p Ps: gort three runs, then Go three runs"
     for r in 1 2 3; do
       GORT_MAXPROCS=$p g million_fibers --threads=0 2>&1 | grep -iE 'wall|rss|fibers' | paste -sd' '

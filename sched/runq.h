@@ -198,6 +198,10 @@ class RunQueue {
       return q_->head_.load(std::memory_order_acquire) ==
              q_->tail_.load(std::memory_order_acquire);
     }
+    // Whether the victim's runnext holds a task. A snapshot.
+    bool HasNext() const {
+      return q_->next_.load(std::memory_order_relaxed) != nullptr;
+    }
 
    private:
     friend class RunQueue;

@@ -68,8 +68,10 @@ TEST(RunQueueTest, RingEmptyIgnoresRunnext) {
   Q::Overflow overflow;
   Task a{1}, b{2};
   EXPECT_TRUE(q.stealer().RingEmpty());
+  EXPECT_FALSE(q.stealer().HasNext());
   local.PushNext(&a);
   EXPECT_TRUE(q.stealer().RingEmpty());
+  EXPECT_TRUE(q.stealer().HasNext());
   EXPECT_EQ(q.stealer().Size(), 1u);
   ASSERT_TRUE(local.Push(&b, overflow));
   EXPECT_FALSE(q.stealer().RingEmpty());

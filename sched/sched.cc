@@ -788,24 +788,27 @@ G* StealWork(M* m) {
     for (int i = 0; i < procs; ++i) {
       P* victim = g_sched->allp[(start + i) % procs];
       if (victim == self) continue;
-      if (last && !backed_off &&
+      auto thief = victim->runq.stealer();
+      if (last &&
           victim->status.load(std::memory_order_relaxed) == kPRunning &&
-          victim->runq.stealer().RingEmpty()) {
-        // About to take a running P's runnext, or to find it idle-handed:
-        // give its owner a moment (Go's runqgrab pauses 3 us before taking
-        // runnext). Without the pause, a fiber that readies its partner and
+          thief.RingEmpty() && (thief.HasNext() || !backed_off)) {
+        // About to take a running P's lone runnext: give its owner a moment
+        // to run it first (Go's runqgrab pauses 3 us, for every such
+        // victim). Without the pause, a fiber that readies its partner and
         // then parks (channel ping-pong) has the partner stolen by the M it
-        // just woke, so every hand-off crosses threads; and a spinner that
-        // finds nothing gives up its P at once, to be woken by a syscall
-        // for the next ready. While we pause we count as spinning, so
-        // further readies wake nobody. (Until 2026-11-28 this tested
-        // Size() == 0, which counts runnext, so a lone runnext was taken at
-        // once: a select over two producers kept both Ps busy passing every
-        // item across cores; docs/sched.md, "Runnext and locality".)
+        // just woke, so every hand-off crosses threads. Once per call we
+        // also pause at a running P with nothing queued: a spinner that
+        // finds nothing would otherwise give up its P at once, to be woken
+        // by a syscall for the next ready. While we pause we count as
+        // spinning, so further readies wake nobody. (Until 2026-11-28 this
+        // tested Size() == 0, which counts runnext, so a lone runnext was
+        // taken at once: a select over two producers kept both Ps busy
+        // passing every item across cores; docs/sched.md, "Runnext and
+        // locality".)
         usleep(3);
         backed_off = true;
       }
-      if (G* g = victim->runq.stealer().StealInto(local, last)) return g;
+      if (G* g = thief.StealInto(local, last)) return g;
     }
     if (RunAllTimers(MonoNow())) {
       if (G* g = local.Pop()) return g;
