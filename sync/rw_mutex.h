@@ -128,8 +128,10 @@ class RWMutex {
   // in (in the other order the next writer could act before they are).
   // Nobody else may hold w_ then, so wait for it to be released. acquire:
   // pairs with w_.Unlock()'s release, the writer's last touch of *this.
-  // (w_ held with readers let in, reader_count_ >= 0, is that window only; a
-  // writer that holds the lock has made the count negative.)
+  // w_ held with reader_count_ >= 0 is that window, or briefly a Lock
+  // between taking w_ and its subtraction, or a failing TryLock: calls in
+  // progress, which a legitimate destruction excludes. A writer that holds
+  // the lock has made the count negative, so no wait for it.
   ~RWMutex() {
     while ((w_.state_.load(std::memory_order_acquire) & Mutex::kLocked) != 0 &&
            reader_count_.load(std::memory_order_relaxed) >= 0) {
