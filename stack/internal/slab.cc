@@ -270,8 +270,9 @@ std::size_t BatchAdvise(const iovec* iov, std::size_t n, int advice) {
 // costs a fault of its own, tens of microseconds. One buffer per thread
 // stays mapped for the kernel after its first use. Safe as a thread_local:
 // nothing between filling it and the system call switches fibers.
+constexpr std::size_t kIovBatch = 64;  // iovecs per process_madvise call
 iovec* IovBuffer() {
-  thread_local iovec buffer[64];
+  thread_local iovec buffer[kIovBatch];
   return buffer;
 }
 
@@ -283,7 +284,7 @@ void InstallGuards(const std::uintptr_t* starts, std::size_t n,
   if (g_guard_mode == GuardMode::kLightweight && n > 1) {
     iovec* const iov = IovBuffer();
     while (done < n) {
-      const std::size_t k = n - done < 64 ? n - done : 64;
+      const std::size_t k = std::min(n - done, kIovBatch);
       for (std::size_t i = 0; i < k; ++i) {
         iov[i].iov_base = reinterpret_cast<void*>(starts[done + i]);
         iov[i].iov_len = len;
@@ -301,7 +302,7 @@ void PrefaultTops(const std::uintptr_t* tops, std::size_t n,
   if (n == 0 || !g_populate_ok.load(std::memory_order_relaxed)) return;
   iovec* const iov = IovBuffer();
   for (std::size_t done = 0; done < n;) {
-    const std::size_t k = n - done < 64 ? n - done : 64;
+    const std::size_t k = std::min(n - done, kIovBatch);
     for (std::size_t i = 0; i < k; ++i) {
       iov[i].iov_base = reinterpret_cast<void*>(tops[done + i] - bytes);
       iov[i].iov_len = bytes;
