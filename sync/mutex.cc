@@ -4,19 +4,20 @@
 
 #include <atomic>
 #include <cstdint>
+#include <thread>
 
 #include "fiber/internal/fatal.h"
 
 // Invariants:
-//  - state_ = waiters << kWaiterShift | kStarving | kWoken | kLocked, as in
-//    Go's sync.Mutex. `waiters` counts the tasks that have committed, by a
-//    successful CAS, to sleep on sema_ and have not been given a token yet.
-//    Exactly one token is released per wake-up: by the Unlock whose CAS
-//    takes one waiter off the count (normal mode), or by the Unlock that
-//    hands the mutex over (starvation mode; the woken waiter then takes
-//    itself off the count). So sema_ never holds more tokens than there are
-//    counted waiters, and no counted waiter sleeps forever while the mutex
-//    is unlocked.
+//  - state_ = units << kUnlockerShift | waiters << kWaiterShift |
+//    kStarving | kWoken | kLocked; the low bits as in Go's sync.Mutex.
+//    `waiters` counts the tasks that have committed, by a successful CAS, to
+//    sleep on sema_ and have not been given a token yet. Exactly one token is
+//    released per wake-up: by the Unlock whose CAS takes one waiter off the
+//    count (normal mode), or by the Unlock that hands the mutex over
+//    (starvation mode; the woken waiter then takes itself off the count). So
+//    sema_ never holds more tokens than there are counted waiters, and no
+//    counted waiter sleeps forever while the mutex is unlocked.
 //  - kWoken is set by the Unlock that wakes a waiter (in normal mode), in
 //    the same CAS that takes that waiter off the count, and cleared by the
 //    woken waiter in its next successful CAS (which locks the mutex or
@@ -29,6 +30,22 @@
 //    kLocked and gives the oldest waiter the token; that waiter adds kLocked
 //    and removes itself (and possibly kStarving) in one atomic add. Between
 //    the two the mutex looks unlocked, but newcomers only queue.
+//  - `units` = (Unlocks that made the mutex lockable and must still look at
+//    state_ to decide whether to wake a waiter) + (1 if OwnerCounted(state_)).
+//    Go's Unlock releases, then picks a waiter in a second step; our
+//    destructor waits until `units` is 0, so that the last user may delete
+//    the mutex as soon as its own Unlock returns, even while another task's
+//    Unlock, which let it in, is still between its two steps (its thread
+//    descheduled there, say). The unit is taken in advance, for the owner:
+//    every locker's CAS adds or removes it as OwnerCounted changes (while
+//    locked, waiters only queue, kWoken only clears and kStarving only sets,
+//    all by lockers' CASes), so that Unlock stays one fetch_sub: if
+//    OwnerCounted held before it, the unit is now the unlocker's, and its
+//    last access removes it. An Unlock that posts a token to sema_ after its
+//    last state_ access needs no unit: the token is owed to a waiter that
+//    cannot return from Lock before it arrives, so nobody may destroy the
+//    mutex before then, and Sema::Release touches nothing of the Sema after
+//    handing the token over.
 //  - Ordering: the critical section's writes travel from Unlock's
 //    fetch_sub (release) to the next owner's acquire CAS, through the release
 //    sequence of the RMWs in between; on a hand-off also through sema_
@@ -100,7 +117,7 @@ void Mutex::LockSlow(WaitReason reason) {
   bool starving = false;        // we have waited longer than the threshold
   bool awoke = false;           // Unlock woke us and set kWoken for us
   int iter = 0;
-  std::int32_t old = state_.load(std::memory_order_relaxed);
+  std::int64_t old = state_.load(std::memory_order_relaxed);
   for (;;) {
     // Spin only while the mutex is locked in normal mode: in starvation mode
     // it is handed to the waiters, so we could not get it anyway.
@@ -108,16 +125,16 @@ void Mutex::LockSlow(WaitReason reason) {
     // spins; ours spin only while nobody is queued, so there is no one to
     // keep asleep.)
     if ((old & (kLocked | kStarving)) == kLocked &&
-        CanSpin(iter, /*waiters_queued=*/(old >> kWaiterShift) != 0)) {
+        CanSpin(iter, /*waiters_queued=*/Waiters(old) != 0)) {
       DoSpin();
       ++iter;
       old = state_.load(std::memory_order_relaxed);
       continue;
     }
-    std::int32_t next = old;
+    std::int64_t next = old;
     // Newcomers do not grab a starving mutex: it belongs to the waiters.
     if ((old & kStarving) == 0) next |= kLocked;
-    if ((old & (kLocked | kStarving)) != 0) next += 1 << kWaiterShift;
+    if ((old & (kLocked | kStarving)) != 0) next += kWaiter;
     // Switch to starvation mode, but only if the mutex is locked: Unlock
     // expects a starving mutex to have waiters, and we might not wait.
     if (starving && (old & kLocked) != 0) next |= kStarving;
@@ -125,6 +142,7 @@ void Mutex::LockSlow(WaitReason reason) {
       if ((next & kWoken) == 0) Fatal("sync: inconsistent mutex state");
       next &= ~kWoken;  // we own it; clear it whether we lock or sleep
     }
+    next = WithOwnerUnit(old, next);
     // CAS-acquire: when it takes the lock, pairs with Unlock's release.
     if (!state_.compare_exchange_weak(old, next, std::memory_order_acquire,
                                       std::memory_order_relaxed)) {
@@ -143,19 +161,25 @@ void Mutex::LockSlow(WaitReason reason) {
     old = state_.load(std::memory_order_relaxed);
     if ((old & kStarving) != 0) {
       // Handed off to us: kLocked is clear and we are still counted as a
-      // waiter. Take the lock and leave the count in one step.
-      if ((old & (kLocked | kWoken)) != 0 || (old >> kWaiterShift) == 0) {
-        Fatal("sync: inconsistent mutex state");
+      // waiter. Take the lock and leave the count in one step (a CAS: the
+      // owner's unit depends on the waiters left, which newcomers change).
+      for (;;) {
+        if ((old & (kLocked | kWoken)) != 0 || Waiters(old) == 0) {
+          Fatal("sync: inconsistent mutex state");
+        }
+        next = old + kLocked - kWaiter;
+        // Leave starvation mode if we did not wait long or are the last
+        // waiter: two tasks could otherwise hand the lock back and forth
+        // in lock step forever, and starvation mode is slow.
+        if (!starving || Waiters(old) == 1) next &= ~kStarving;
+        // acquire: with the Unpark we returned from, orders the previous
+        // owner's critical section before ours.
+        if (state_.compare_exchange_weak(old, WithOwnerUnit(old, next),
+                                         std::memory_order_acquire,
+                                         std::memory_order_relaxed)) {
+          return;
+        }
       }
-      std::int32_t delta = kLocked - (1 << kWaiterShift);
-      // Leave starvation mode if we did not wait long or are the last
-      // waiter: two tasks could otherwise hand the lock back and forth in
-      // lock step forever, and starvation mode is slow.
-      if (!starving || (old >> kWaiterShift) == 1) delta -= kStarving;
-      // acquire: with the Unpark we returned from, orders the previous
-      // owner's critical section before ours.
-      state_.fetch_add(delta, std::memory_order_acquire);
-      return;
     }
     // Normal mode: the Unlock that woke us set kWoken for us; compete.
     awoke = true;
@@ -163,36 +187,52 @@ void Mutex::LockSlow(WaitReason reason) {
   }
 }
 
-// Executed by the unlocker when state_ was not just kLocked. `s` is the
-// state its fetch_sub produced.
-void Mutex::UnlockSlow(std::int32_t s) {
-  if (((s + kLocked) & kLocked) == 0) {
-    Fatal("sync: unlock of unlocked mutex");
-  }
-  if ((s & kStarving) != 0) {
+// Executed by the unlocker when state_ was not just kLocked; `old` is the
+// state before its fetch_sub.
+void Mutex::UnlockSlow(std::int64_t old) {
+  if ((old & kLocked) == 0) Fatal("sync: unlock of unlocked mutex");
+  if ((old & kStarving) != 0) {
     // Starvation mode: hand the mutex to the oldest waiter. kLocked stays
-    // clear; newcomers see kStarving and queue behind it.
+    // clear; newcomers see kStarving and queue behind it. The token is owed
+    // to a waiter, so the mutex stays alive (see the invariants).
     sema_.Release();
     return;
   }
-  std::int32_t old = s;
+  // Nobody to wake, or a woken waiter competes: done. Otherwise our unit
+  // was in state_ and is ours now: we are an unlocker still at work.
+  if (!OwnerCounted(old)) return;
+  if (void (*hook)() = sync_internal::mutex_unlock_window_hook.load(
+          std::memory_order_relaxed)) {
+    hook();
+  }
+  old -= kLocked;
   for (;;) {
-    // Nobody to wake, or someone is already awake (a spinner or a woken
-    // waiter) or has taken the lock, or a starving waiter took over (we did
-    // not see kStarving when we unlocked, so the hand-off is not ours).
-    if ((old >> kWaiterShift) == 0 ||
-        (old & (kLocked | kWoken | kStarving)) != 0) {
+    // Someone took the lock meanwhile (its Unlock will wake), or a waiter
+    // took off: uncount ourselves, our last access. release: pairs with
+    // the destructor's acquire.
+    if (Waiters(old) == 0 || (old & (kLocked | kWoken | kStarving)) != 0) {
+      state_.fetch_sub(kUnlocker, std::memory_order_release);
       return;
     }
-    // Take one waiter off the count and mark it woken, then wake it. Relaxed:
-    // the woken waiter orders itself after us through its acquire CAS on
-    // state_ (reading the release sequence of our fetch_sub) and the Sema.
-    const std::int32_t next = (old - (1 << kWaiterShift)) | kWoken;
-    if (state_.compare_exchange_weak(old, next, std::memory_order_relaxed,
+    // Take one waiter off the count, mark it woken and uncount ourselves,
+    // then wake it. The woken waiter orders itself after us through its
+    // acquire CAS on state_ (reading the release sequence of our fetch_sub)
+    // and the Sema; the destructor, through this CAS (release) or through
+    // the waiter, which cannot leave Lock before our token.
+    const std::int64_t next = old - kWaiter + kWoken - kUnlocker;
+    if (state_.compare_exchange_weak(old, next, std::memory_order_release,
                                      std::memory_order_relaxed)) {
       sema_.Release();
       return;
     }
+  }
+}
+
+void Mutex::AwaitUnlockers() {
+  // An unlocker is a few instructions from its last access, unless its
+  // thread was preempted there: let it run.
+  while ((state_.load(std::memory_order_acquire) >> kUnlockerShift) != 0) {
+    std::this_thread::yield();
   }
 }
 

@@ -38,8 +38,10 @@
 //    fiber or a thread Unlock it.
 //  - It is a fatal error (the process prints "fatal: sync: unlock of
 //    unlocked mutex" and aborts) to Unlock a Mutex that is not locked.
-//  - A Mutex may be destroyed once it is unlocked and no call on it is in
-//    progress or will be made.
+//  - A Mutex may be destroyed once it is unlocked and no call on it will be
+//    made, even while the Unlock() that let the destroyer in is still
+//    returning (the reference-count pattern: lock, drop the last reference,
+//    unlock, delete): the destructor waits for such an Unlock to finish.
 //  - A fiber must not wait in Lock inside the function it passes to
 //    gort::Blocking(): parking there is fatal (see sched.h).
 //
@@ -74,6 +76,14 @@ class Mutex {
   constexpr Mutex() = default;
   Mutex(const Mutex&) = delete;
   Mutex& operator=(const Mutex&) = delete;
+  // Waits for an Unlock() that is still returning (see above). Destroying
+  // a mutex that is locked or waited for is undefined, as for std::mutex.
+  ~Mutex() {
+    // acquire: pairs with the release of an unlocker's last access.
+    if ((state_.load(std::memory_order_acquire) >> kUnlockerShift) != 0) {
+      AwaitUnlockers();
+    }
+  }
 
   // Locks the mutex, blocking the calling fiber or thread until it is
   // available.
@@ -83,21 +93,21 @@ class Mutex {
   // did. Fails while the mutex is locked or in starvation mode (it belongs
   // to the queued waiters then). Go's Mutex.TryLock.
   bool TryLock() {
-    std::int32_t old = state_.load(std::memory_order_relaxed);
+    std::int64_t old = state_.load(std::memory_order_relaxed);
     if ((old & (kLocked | kStarving)) != 0) return false;
     // CAS-acquire, as in Lock(). A waiter may be queued: we are running and
     // may take the lock before it wakes (normal mode only).
-    return state_.compare_exchange_strong(old, old | kLocked,
-                                          std::memory_order_acquire,
-                                          std::memory_order_relaxed);
+    return state_.compare_exchange_strong(
+        old, WithOwnerUnit(old, old | kLocked), std::memory_order_acquire,
+        std::memory_order_relaxed);
   }
 
   // Unlocks the mutex. Fatal if it is not locked.
   void Unlock() {
     // Release, pairs with the acquire of the next Lock.
-    const std::int32_t s =
-        state_.fetch_sub(kLocked, std::memory_order_release) - kLocked;
-    if (s != 0) UnlockSlow(s);  // waiters, or not locked at all
+    const std::int64_t old =
+        state_.fetch_sub(kLocked, std::memory_order_release);
+    if (old != kLocked) UnlockSlow(old);  // waiters, or not locked at all
   }
 
   // C++ Lockable spelling.
@@ -109,16 +119,34 @@ class Mutex {
   friend class RWMutex;
   friend struct sync_internal::MutexPeer;
 
-  // state_ bits, as Go's sync.Mutex.state.
-  static constexpr std::int32_t kLocked = 1;    // held
-  static constexpr std::int32_t kWoken = 2;     // a woken waiter competes
-  static constexpr std::int32_t kStarving = 4;  // starvation mode
-  static constexpr int kWaiterShift = 3;        // the rest: waiter count
+  // state_ bits: Go's sync.Mutex.state, plus a count of units, one for
+  // each Unlock still between its release and its last access, and one for
+  // the owner while OwnerCounted (see mutex.cc).
+  static constexpr std::int64_t kLocked = 1;    // held
+  static constexpr std::int64_t kWoken = 2;     // a woken waiter competes
+  static constexpr std::int64_t kStarving = 4;  // starvation mode
+  static constexpr int kWaiterShift = 3;        // bits 3-34: waiter count
+  static constexpr std::int64_t kWaiter = std::int64_t{1} << kWaiterShift;
+  static constexpr int kUnlockerShift = 35;  // bits 35-62: unlockers
+  static constexpr std::int64_t kUnlocker = std::int64_t{1} << kUnlockerShift;
+  static std::int64_t Waiters(std::int64_t s) {
+    return (s >> kWaiterShift) & ((std::int64_t{1} << 32) - 1);
+  }
+  // Whether the owner's Unlock will have to look at state_ again, to wake a
+  // waiter: it is locked in normal mode, with waiters and none woken.
+  static bool OwnerCounted(std::int64_t s) {
+    return (s & (kLocked | kWoken | kStarving)) == kLocked && Waiters(s) != 0;
+  }
+  // `next`, a locker's CAS target from `old`, with the owner's unit added
+  // or removed as OwnerCounted changes.
+  static std::int64_t WithOwnerUnit(std::int64_t old, std::int64_t next) {
+    return next + (OwnerCounted(next) - OwnerCounted(old)) * kUnlocker;
+  }
 
   // Lock(), sleeping with `reason` if it must (RWMutex's writers pass
   // kRWMutexWrite).
   void LockFor(WaitReason reason) {
-    std::int32_t unlocked = 0;
+    std::int64_t unlocked = 0;
     // CAS-acquire, pairs with the release in Unlock() (directly, or through
     // the release sequence of later read-modify-writes of state_).
     if (state_.compare_exchange_weak(unlocked, kLocked,
@@ -129,9 +157,10 @@ class Mutex {
     LockSlow(reason);
   }
   void LockSlow(WaitReason reason);
-  void UnlockSlow(std::int32_t state);
+  void UnlockSlow(std::int64_t old);
+  void AwaitUnlockers();
 
-  std::atomic<std::int32_t> state_{0};
+  std::atomic<std::int64_t> state_{0};
   // Waiters sleep here; Unlock releases one token per wake-up or hand-off.
   sync_internal::Sema sema_;
 };
@@ -141,6 +170,11 @@ namespace sync_internal {
 // For tests: how many times, process-wide, some Mutex switched to
 // starvation mode. A snapshot.
 std::uint64_t MutexStarvationCount();
+
+// For tests: when set, every Unlock that may have to wake a waiter calls it
+// between making the mutex lockable and deciding whom to wake: the window
+// in which the unlocker must keep the mutex alive. Not for production use.
+inline std::atomic<void (*)()> mutex_unlock_window_hook{nullptr};
 
 }  // namespace sync_internal
 }  // namespace gort

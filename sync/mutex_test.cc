@@ -23,13 +23,15 @@ namespace sync_internal {
 
 // Test-only access to a Mutex's state word (a friend of Mutex).
 struct MutexPeer {
-  static std::int32_t State(const Mutex& m) {
+  static std::int64_t State(const Mutex& m) {
     return m.state_.load(std::memory_order_relaxed);
   }
   static bool Starving(const Mutex& m) {
     return (State(m) & Mutex::kStarving) != 0;
   }
-  static int Waiters(const Mutex& m) { return State(m) >> Mutex::kWaiterShift; }
+  static int Waiters(const Mutex& m) {
+    return static_cast<int>(Mutex::Waiters(State(m)));
+  }
 };
 
 }  // namespace sync_internal
@@ -243,6 +245,56 @@ TEST_P(MutexTest, TheLastUserMayDeleteTheMutexRightAfterUnlock) {
     t1.join();
     t2.join();
   }
+}
+
+// Held in the window by the first call of the unlock-window hook.
+std::atomic<int> window_calls{0};
+std::atomic<bool> in_window{false};
+std::atomic<bool> leave_window{false};
+std::atomic<bool> left_window{false};
+
+void HoldTheFirstUnlockInItsWindow() {
+  if (window_calls.fetch_add(1) != 0) return;
+  in_window.store(true);
+  while (!leave_window.load()) std::this_thread::yield();
+  left_window.store(true);
+}
+
+// The window of the test above, made wide: an Unlock that must decide whom
+// to wake is held between making the mutex lockable and its last access to
+// it, while another task locks and unlocks (waking the waiter), and the
+// waiter locks, unlocks and deletes the mutex. The deletion must wait for
+// the held Unlock (otherwise its next access is a use-after-free, which
+// ASan reports).
+TEST(MutexWindowTest, DeletionWaitsForAnUnlockStillBetweenItsTwoSteps) {
+  auto* mu = new Mutex;
+  mu->Lock();
+  std::atomic<bool> deleting{false};
+  bool saw_unlock_finished = false;
+  std::thread waiter([&] {
+    mu->Lock();  // queues behind the main thread
+    mu->Unlock();
+    deleting.store(true);
+    delete mu;
+    saw_unlock_finished = left_window.load();
+  });
+  while (MutexPeer::Waiters(*mu) != 1) std::this_thread::yield();
+
+  sync_internal::mutex_unlock_window_hook.store(&HoldTheFirstUnlockInItsWindow);
+  std::thread unlocker([&] { mu->Unlock(); });  // stops in the window
+  while (!in_window.load()) std::this_thread::yield();
+  mu->Lock();    // the mutex is lockable: we get it before the waiter
+  mu->Unlock();  // and wake the waiter, which deletes the mutex
+  while (!deleting.load()) std::this_thread::yield();
+  // Give a wrong implementation time to free the mutex under the held
+  // Unlock (no assertion depends on this sleep).
+  absl::SleepFor(absl::Milliseconds(20));
+  leave_window.store(true);
+  unlocker.join();
+  waiter.join();
+  sync_internal::mutex_unlock_window_hook.store(nullptr);
+  EXPECT_EQ(window_calls.load(), 2);  // the held Unlock and ours
+  EXPECT_TRUE(saw_unlock_finished);
 }
 
 // TryLock mixed with Lock: every successful TryLock is a real exclusive hold.

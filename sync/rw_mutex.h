@@ -127,7 +127,8 @@ class RWMutex {
   // pattern): its last step, w_.Unlock(), comes after the readers are let
   // in (in the other order the next writer could act before they are).
   // Nobody else may hold w_ then, so wait for it to be released. acquire:
-  // pairs with w_.Unlock()'s release, the writer's last touch of *this.
+  // pairs with w_.Unlock()'s release; if that Unlock goes on to wake a
+  // queued writer, w_'s own destructor waits for it (see mutex.h).
   // w_ held with reader_count_ >= 0 is that window, or briefly a Lock
   // between taking w_ and its subtraction, or a failing TryLock: calls in
   // progress, which a legitimate destruction excludes. A writer that holds

@@ -23,10 +23,12 @@ namespace gort {
 namespace sync_internal {
 
 struct MutexPeer {
-  static std::int32_t State(const Mutex& m) {
+  static std::int64_t State(const Mutex& m) {
     return m.state_.load(std::memory_order_relaxed);
   }
-  static int Waiters(const Mutex& m) { return State(m) >> Mutex::kWaiterShift; }
+  static int Waiters(const Mutex& m) {
+    return static_cast<int>(Mutex::Waiters(State(m)));
+  }
 };
 
 }  // namespace sync_internal
