@@ -202,7 +202,8 @@ void Fiber::Destroy(Fiber* fiber) {
 }
 
 void Fiber::ExitTo(Fiber* to, AfterSwitch after, void* arg) {
-  SwitchImpl(to, after, arg, /*exiting=*/true);
+  fiber_internal::ThreadState* ts = fiber_internal::CurrentThreadState();
+  SwitchImpl(ts, ts->current, to, after, arg, /*exiting=*/true);
   __builtin_unreachable();
 }
 

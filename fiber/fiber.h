@@ -222,10 +222,11 @@ class Fiber {
   // The switch is inline, so that each call site resumes in its own code:
   // a shared out-of-line function would `ret` through a return-stack-buffer
   // entry pushed by the other fiber, a mispredict on every switch.
-  __attribute__((always_inline)) static void SwitchImpl(Fiber* to,
-                                                       AfterSwitch after,
-                                                       void* arg,
-                                                       bool exiting);
+  // `ts` is the calling thread's state, `from` its current fiber; the
+  // caller has checked that `to` may be switched to when `to_checked`.
+  __attribute__((always_inline)) static void SwitchImpl(
+      fiber_internal::ThreadState* ts, Fiber* from, Fiber* to,
+      AfterSwitch after, void* arg, bool exiting, bool to_checked = false);
   __attribute__((always_inline)) static void OnResumed(Fiber* from);
   // The saved switch frame while suspended; null otherwise.
   const fiber_internal::SwitchFrame* SuspendedFrame() const;
@@ -266,18 +267,20 @@ class Fiber {
 
 // --- Inline hot path ----------------------------------------------------------
 
-inline void Fiber::SwitchImpl(Fiber* to, AfterSwitch after, void* arg,
-                              bool exiting) {
-  fiber_internal::ThreadState* ts = fiber_internal::CurrentThreadState();
-  Fiber* from = ts->current;
+inline void Fiber::SwitchImpl(fiber_internal::ThreadState* ts, Fiber* from,
+                              Fiber* to, AfterSwitch after, void* arg,
+                              bool exiting, bool to_checked) {
   // Handed to the destination through `from` (addressed by a plain pointer),
   // not through a struct on from's stack: on AMD Zen a load, through another
   // register, of data just stored rsp-relatively defeats memory renaming and
-  // costs more than the switch itself.
+  // costs more than the switch itself. OnResumed reads `arg` only with an
+  // `after`.
   from->pending_after_ = after;
-  from->pending_arg_ = arg;
+  if (!__builtin_constant_p(after == nullptr) || after != nullptr) {
+    from->pending_arg_ = arg;
+  }
   if (__builtin_expect((exiting && from->is_thread_fiber()) ||
-                           (to->state_ != State::kReady &&
+                           (!to_checked && to->state_ != State::kReady &&
                             to->state_ != State::kSuspended),
                        0)) {
     BadSwitch(from, to, exiting);
@@ -329,7 +332,8 @@ inline void* Fiber::SavedProgramCounter() const {
 }
 
 inline void Fiber::SwitchTo(Fiber* to, AfterSwitch after, void* arg) {
-  SwitchImpl(to, after, arg, /*exiting=*/false);
+  fiber_internal::ThreadState* ts = fiber_internal::CurrentThreadState();
+  SwitchImpl(ts, ts->current, to, after, arg, /*exiting=*/false);
 }
 
 inline void Fiber::Resume() {
@@ -337,14 +341,17 @@ inline void Fiber::Resume() {
           state_ != State::kReady && state_ != State::kSuspended, 0)) {
     BadResume(this);
   }
-  resumer_ = Current();
-  SwitchImpl(this, nullptr, nullptr, /*exiting=*/false);
+  fiber_internal::ThreadState* ts = fiber_internal::CurrentThreadState();
+  resumer_ = ts->current;
+  SwitchImpl(ts, ts->current, this, nullptr, nullptr, /*exiting=*/false,
+             /*to_checked=*/true);
 }
 
 inline void Fiber::Suspend() {
-  Fiber* self = Current();
+  fiber_internal::ThreadState* ts = fiber_internal::CurrentThreadState();
+  Fiber* self = ts->current;
   if (__builtin_expect(self->resumer_ == nullptr, 0)) BadSuspend(self);
-  SwitchImpl(self->resumer_, nullptr, nullptr, /*exiting=*/false);
+  SwitchImpl(ts, self, self->resumer_, nullptr, nullptr, /*exiting=*/false);
 }
 
 }  // namespace gort

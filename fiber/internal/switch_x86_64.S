@@ -59,6 +59,10 @@ gort_fiber_switch:
         jne     .Lgort_merge_flags
 
         // Exact MXCSR (AMD): the target's saved value, flags included.
+        // Our x87 control word, to skip fldcw when the target's is the same
+        // (nearly always: a program rarely changes it). fldcw costs ~0.6 ns
+        // per switch on AMD Zen 4; this read-back of fnstcw's store does not.
+        movzwl  0x4(%rsp), %r10d
         movq    %rsp, (%rdi)        // publish the saved context
         movq    %rsi, %rsp          // now on the target's stack, same frame shape
         // Load the resume address first, so the indirect jump's target is
@@ -66,7 +70,10 @@ gort_fiber_switch:
         movq    0x38(%rsp), %r8
         ldmxcsr (%rsp)
 .Lgort_mxcsr_done:
+        cmpw    0x4(%rsp), %r10w
+        je      1f
         fldcw   0x4(%rsp)
+1:
         movq    0x08(%rsp), %r12
         movq    0x10(%rsp), %r13
         movq    0x18(%rsp), %r14
@@ -103,6 +110,7 @@ gort_fiber_switch:
 .Lgort_merge_flags:
         .cfi_restore_state
         movl    (%rsp), %eax        // our MXCSR, read before the frame is published
+        movzwl  0x4(%rsp), %r10d    // our x87 control word, as above
         movq    %rsp, (%rdi)
         movq    %rsi, %rsp
         movq    0x38(%rsp), %r8
