@@ -140,8 +140,8 @@ GORT_TLS_ACCESSOR ThreadState* InitThreadState() {
 }
 }  // namespace
 
-Fiber::Fiber(Function fn, Stack stack, const char* name)
-    : id_(NextId()), name_(name), stack_(std::move(stack)), fn_(std::move(fn)) {
+Fiber::Fiber(Stack stack, const char* name)
+    : id_(NextId()), name_(name), stack_(std::move(stack)) {
   stack_.SetOwnerId(id_);
 #if defined(__SANITIZE_ADDRESS__)
   asan_stack_bottom_ = stack_.base();
@@ -160,27 +160,22 @@ Fiber::Fiber(std::uint64_t id) : id_(id), state_(State::kRunning) {
 
 Fiber::~Fiber() = default;
 
-
-
-Fiber* Fiber::Create(Function fn, const Options& options) {
-  return Create(std::move(fn), Stack::Allocate(options.stack_size),
-                options.name);
-}
-
-Fiber* Fiber::Create(Function fn, Stack stack, const char* name) {
+Fiber* Fiber::Place(Stack stack, const char* name) {
   if (!stack) fiber_internal::Fatal("Fiber::Create: empty stack");
-  if (!fn) fiber_internal::Fatal("Fiber::Create: empty function");
   // Control block at the top of the stack, then the first switch frame.
   auto top = reinterpret_cast<std::uintptr_t>(stack.top());
   std::uintptr_t block = (top - sizeof(Fiber)) & ~std::uintptr_t{63};
   std::uintptr_t frame =
       (block - fiber_internal::kSwitchFrameSpan) & ~std::uintptr_t{15};
-  Fiber* f = new (reinterpret_cast<void*>(block))
-      Fiber(std::move(fn), std::move(stack), name);
+  Fiber* f = new (reinterpret_cast<void*>(block)) Fiber(std::move(stack), name);
   fiber_internal::InitFrame(
       reinterpret_cast<fiber_internal::SwitchFrame*>(frame), &Fiber::Entry, f);
   f->sp_ = reinterpret_cast<void*>(frame);
   return f;
+}
+
+void Fiber::EmptyFunction() {
+  fiber_internal::Fatal("Fiber::Create: empty function");
 }
 
 void Fiber::Destroy(Fiber* fiber) {

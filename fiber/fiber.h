@@ -42,6 +42,9 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <new>
+#include <type_traits>
+#include <utility>
 
 #include "absl/functional/any_invocable.h"
 #include "fiber/internal/context.h"
@@ -143,9 +146,16 @@ class Fiber {
   // Creates a fiber that will run `fn` when first switched to. The control
   // block is placed in the top of the stack. Never returns null: running out
   // of memory is fatal.
-  static Fiber* Create(Function fn, const Options& options);
-  static Fiber* Create(Function fn) { return Create(std::move(fn), Options{}); }
-  static Fiber* Create(Function fn, Stack stack, const char* name = nullptr);
+  // `fn` is any callable Function can hold (a lambda, a Function, ...); it
+  // is constructed in place in the control block, never moved there.
+  template <typename F>
+  static Fiber* Create(F&& fn, const Options& options);
+  template <typename F>
+  static Fiber* Create(F&& fn) {
+    return Create(std::forward<F>(fn), Options{});
+  }
+  template <typename F>
+  static Fiber* Create(F&& fn, Stack stack, const char* name = nullptr);
 
   // Destroys a fiber that is kReady or kFinished and returns its stack to
   // the pool. Must not be called on the current fiber.
@@ -214,7 +224,10 @@ class Fiber {
  private:
   friend struct FiberAccess;
 
-  Fiber(Function fn, Stack stack, const char* name);
+  Fiber(Stack stack, const char* name);  // fn_ is set by Create
+  // The control block and first frame in `stack`, with an empty fn_.
+  static Fiber* Place(Stack stack, const char* name);
+  [[noreturn]] static void EmptyFunction();
   explicit Fiber(std::uint64_t id);  // a thread fiber
   ~Fiber();
 
@@ -264,6 +277,33 @@ class Fiber {
 #endif
   Function fn_;
 };
+
+template <typename F>
+Fiber* Fiber::Create(F&& fn, const Options& options) {
+  return Create(std::forward<F>(fn), Stack::Allocate(options.stack_size),
+                options.name);
+}
+
+template <typename F>
+Fiber* Fiber::Create(F&& fn, Stack stack, const char* name) {
+  static_assert(std::is_constructible_v<Function, F&&>,
+                "Fiber::Create needs a callable taking no arguments that "
+                "Fiber::Function can hold (movable, or copyable)");
+  Fiber* f = Place(std::move(stack), name);
+  // In place: constructing a Function and then moving it here would read
+  // back, 16 bytes at a time, the callable's captures just stored, which
+  // stalls store forwarding (~10 ns of create + run + destroy on AMD Zen 4).
+  // fn_ is empty: ending its lifetime needs no destructor call.
+  try {
+    ::new (static_cast<void*>(&f->fn_)) Function(std::forward<F>(fn));
+  } catch (...) {
+    ::new (static_cast<void*>(&f->fn_)) Function();
+    Destroy(f);
+    throw;
+  }
+  if (!f->fn_) EmptyFunction();
+  return f;
+}
 
 // --- Inline hot path ----------------------------------------------------------
 

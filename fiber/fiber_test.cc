@@ -415,6 +415,38 @@ TEST(FiberTest, SuspendedFiberStackIsWalkable) {
   Fiber::Destroy(f);
 }
 
+// The callable is constructed in place in the control block: a copy that
+// throws leaves no fiber and no stack behind, and the exception reaches
+// the caller.
+struct ThrowsOnCopy {
+  ThrowsOnCopy() = default;
+  ThrowsOnCopy(const ThrowsOnCopy&) { throw std::runtime_error("copy"); }
+  void operator()() && {}
+};
+
+TEST(FiberTest, ACallableThatThrowsWhileStoredLeavesNothingBehind) {
+  const std::size_t live_before = GetStackStats(false).live;
+  const ThrowsOnCopy callable;
+  EXPECT_THROW(Fiber::Create(callable), std::runtime_error);
+  EXPECT_EQ(GetStackStats(false).live, live_before);
+  // A move-only callable and a Function are stored without a copy.
+  int runs = 0;
+  auto owned = std::make_unique<int>(1);
+  Fiber* f = Fiber::Create([&runs, p = std::move(owned)] { runs += *p; });
+  f->Resume();
+  Fiber::Destroy(f);
+  Fiber::Function fn = [&runs] { ++runs; };
+  f = Fiber::Create(std::move(fn));
+  f->Resume();
+  Fiber::Destroy(f);
+  EXPECT_EQ(runs, 2);
+}
+
+TEST(FiberDeathTest, AnEmptyFunctionIsFatal) {
+  EXPECT_DEATH(Fiber::Create(Fiber::Function()),
+               "fatal: Fiber::Create: empty function");
+}
+
 TEST(FiberDeathTest, UncaughtExceptionNamesTheFiber) {
   EXPECT_DEATH(
       {
