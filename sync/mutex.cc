@@ -28,7 +28,7 @@
 //    also counts it, on a locked mutex. In starvation mode nobody sets
 //    kLocked except the waiter that receives the hand-off: Unlock clears
 //    kLocked and gives the oldest waiter the token; that waiter adds kLocked
-//    and removes itself (and possibly kStarving) in one atomic add. Between
+//    and removes itself (and possibly kStarving) in one CAS. Between
 //    the two the mutex looks unlocked, but newcomers only queue.
 //  - `units` = (Unlocks that made the mutex lockable and must still look at
 //    state_ to decide whether to wake a waiter) + (1 if OwnerCounted(state_)).
@@ -231,7 +231,7 @@ void Mutex::UnlockSlow(std::int64_t old) {
 void Mutex::AwaitUnlockers() {
   // An unlocker is a few instructions from its last access, unless its
   // thread was preempted there: let it run.
-  while ((state_.load(std::memory_order_acquire) >> kUnlockerShift) != 0) {
+  while (UnlockersAtWork(state_.load(std::memory_order_acquire))) {
     std::this_thread::yield();
   }
 }

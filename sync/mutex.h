@@ -77,10 +77,13 @@ class Mutex {
   Mutex(const Mutex&) = delete;
   Mutex& operator=(const Mutex&) = delete;
   // Waits for an Unlock() that is still returning (see above). Destroying
-  // a mutex that is locked or waited for is undefined, as for std::mutex.
+  // a mutex that is locked or waited for is undefined, as for std::mutex
+  // (it does not hang here: only unlockers' units are waited for). Not
+  // trivially destructible, so a static Mutex registers an exit-time
+  // destructor, as a static std::mutex does.
   ~Mutex() {
     // acquire: pairs with the release of an unlocker's last access.
-    if ((state_.load(std::memory_order_acquire) >> kUnlockerShift) != 0) {
+    if (UnlockersAtWork(state_.load(std::memory_order_acquire))) {
       AwaitUnlockers();
     }
   }
@@ -136,6 +139,11 @@ class Mutex {
   // waiter: it is locked in normal mode, with waiters and none woken.
   static bool OwnerCounted(std::int64_t s) {
     return (s & (kLocked | kWoken | kStarving)) == kLocked && Waiters(s) != 0;
+  }
+  // Whether some Unlock is between its release and its last access: the
+  // units beyond the owner's own.
+  static bool UnlockersAtWork(std::int64_t s) {
+    return (s >> kUnlockerShift) > (OwnerCounted(s) ? 1 : 0);
   }
   // `next`, a locker's CAS target from `old`, with the owner's unit added
   // or removed as OwnerCounted changes.

@@ -218,9 +218,8 @@ TEST_P(MutexTest, StressFibersAndThreadsIncrementACounter) {
 // The reference-count pattern (POSIX's pthread_mutex_destroy example): the
 // task that drops the last reference, under the lock, unlocks and deletes
 // the object at once. Under ASan a touch of the deleted mutex is a heap-use-
-// after-free. One narrow window is known to remain (an unlocker descheduled
-// between its unlock and its wake-up CAS; docs/sync.md): this test has not
-// hit it, and guards the rest of the pattern.
+// after-free. The narrowest window, an unlocker descheduled between its
+// unlock and its wake-up CAS, is forced by the MutexWindowTest below.
 TEST_P(MutexTest, TheLastUserMayDeleteTheMutexRightAfterUnlock) {
   const int kRounds = 2000 / kScale;
   constexpr int kUsers = 6;
@@ -267,6 +266,10 @@ void HoldTheFirstUnlockInItsWindow() {
 // the held Unlock (otherwise its next access is a use-after-free, which
 // ASan reports).
 TEST(MutexWindowTest, DeletionWaitsForAnUnlockStillBetweenItsTwoSteps) {
+  window_calls.store(0);  // (--gtest_repeat)
+  in_window.store(false);
+  leave_window.store(false);
+  left_window.store(false);
   auto* mu = new Mutex;
   mu->Lock();
   std::atomic<bool> deleting{false};
