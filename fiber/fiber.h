@@ -145,9 +145,11 @@ class Fiber {
 
   // Creates a fiber that will run `fn` when first switched to. The control
   // block is placed in the top of the stack. Never returns null: running out
-  // of memory is fatal.
-  // `fn` is any callable Function can hold (a lambda, a Function, ...); it
-  // is constructed in place in the control block, never moved there.
+  // of stack memory is fatal, and an empty `fn` too. `fn` is any callable
+  // Function can hold (a lambda, a Function, ...); it is constructed in
+  // place in the control block, never moved there. An exception from that
+  // construction (a throwing copy; std::bad_alloc for a callable too large
+  // to be stored inline) propagates, and no fiber or stack is left behind.
   template <typename F>
   static Fiber* Create(F&& fn, const Options& options);
   template <typename F>
