@@ -415,10 +415,13 @@ std::optional<absl::Time> Context::Deadline() const {
 }
 
 void CancelFunc::operator()() const {
-  if (node_ != nullptr) {
-    node_->Cancel(/*remove_from_parent=*/true,
-                  context_internal::CanceledError());
-  }
+  if (node_ == nullptr) return;
+  // A reference of our own for the whole cancellation: the caller may not
+  // own this CancelFunc, and a waiter that sees the context cancelled (the
+  // state is stored first) may drop the last other handles at once, while
+  // we still close Done(), unlock and leave the parent.
+  const std::shared_ptr<context_internal::CancelNode> node = node_;
+  node->Cancel(/*remove_from_parent=*/true, context_internal::CanceledError());
 }
 
 std::pair<Context, CancelFunc> WithCancel(const Context& parent) {

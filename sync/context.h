@@ -186,7 +186,9 @@ class Context {
 // Cancels the context it was returned with (and all its descendants), with
 // CancelledError. Copyable; every copy cancels the same context; calling it
 // any number of times, from any task, is fine. A default-constructed
-// CancelFunc does nothing.
+// CancelFunc does nothing. The call holds its own reference to the context:
+// a task that sees the cancellation may destroy every handle at once, even
+// the CancelFunc being called, if the caller reached it by reference.
 class CancelFunc {
  public:
   CancelFunc() = default;

@@ -49,6 +49,37 @@ TEST(ContextThreadTest, CancelWakesThreadsInSelect) {
   EXPECT_EQ(NumChildrenForTest(root), 0u);
 }
 
+// The reference-count pattern: a waiter that sees its context cancelled
+// drops the last handles to it at once, while the canceller, which calls a
+// CancelFunc it does not own, is still inside the cancellation (closing
+// Done(), unlocking, leaving the parent). The canceller's call must keep the
+// context alive (under ASan, a use-after-free otherwise).
+TEST(ContextThreadTest, AWaiterMayDestroyTheContextWhileItIsBeingCancelled) {
+  const int kRounds = 2000 / kScale;
+  struct Handles {
+    Context ctx;
+    CancelFunc cancel;
+  };
+  auto [root, cancel_root] = WithCancel(Background());
+  for (int round = 0; round < kRounds; ++round) {
+    auto [ctx, cancel] = WithCancel(root);
+    auto* h = new Handles{std::move(ctx), std::move(cancel)};
+    std::atomic<bool> go{false};
+    std::thread waiter([h, &go] {
+      go.store(true);
+      while (h->ctx.Err().ok()) {
+      }
+      delete h;  // the last handles: the context may go now
+    });
+    while (!go.load()) {
+    }
+    Handles* borrowed = h;  // not ours: the waiter owns and deletes it
+    borrowed->cancel();
+    waiter.join();
+  }
+  cancel_root();
+}
+
 TEST(ContextThreadTest, TimeoutFires) {
   const absl::Time start = absl::Now();
   auto [ctx, cancel] = WithTimeout(Background(), absl::Milliseconds(5));

@@ -12,6 +12,10 @@
 //    touch of *this is wg_.Done(), after its function (and everything the
 //    function captured) has been destroyed and its token returned; so the
 //    group may go away as soon as Wait (or the destructor) returns.
+//  - waits_ counts the Wait calls in progress; a Wait's last touch of *this
+//    is waits_.Done(), and the destructor waits for waits_: so the group may
+//    be destroyed as soon as one Wait returns, even while another task's
+//    Wait is still returning (cancelling, reading err_).
 //  - With a limit, sem_ holds one token per active fiber: taken (sent) by
 //    Go/TryGo before wg_.Add, returned (received) by the fiber before
 //    wg_.Done. Each fiber keeps its own handle to the channel it took its
@@ -30,6 +34,9 @@ ErrGroup::ErrGroup(const Context& parent) {
 ErrGroup::~ErrGroup() {
   wg_.Wait();
   cancel_();
+  // Another task's Wait may still be returning (cancelling, reading err_)
+  // after the one that let our caller destroy us: wait for it.
+  waits_.Wait();
 }
 
 void ErrGroup::SetError(absl::Status status) {
@@ -89,10 +96,16 @@ bool ErrGroup::TryGo(Func fn, std::source_location site) {
 }
 
 absl::Status ErrGroup::Wait() {
+  waits_.Add(1);
   wg_.Wait();
   cancel_();
-  std::lock_guard<sched_internal::Lock> l(mu_);
-  return err_;
+  absl::Status err;
+  {
+    std::lock_guard<sched_internal::Lock> l(mu_);
+    err = err_;
+  }
+  waits_.Done();  // our last access: the destructor waits for it
+  return err;
 }
 
 void ErrGroup::SetLimit(int n) {

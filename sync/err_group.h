@@ -62,6 +62,10 @@
 
 namespace gort {
 
+namespace sync_internal {
+struct ErrGroupPeer;  // test-only access, defined by tests
+}  // namespace sync_internal
+
 class ErrGroup {
  public:
   using Func = absl::AnyInvocable<absl::Status() &&>;
@@ -100,12 +104,16 @@ class ErrGroup {
   void SetLimit(int n);
 
  private:
+  friend struct sync_internal::ErrGroupPeer;
+
   explicit ErrGroup(const Context& parent);
 
   void Start(Func fn, const DoneChan& token, std::source_location site);
   void SetError(absl::Status status);
 
   WaitGroup wg_;
+  // Wait() calls in progress; the destructor waits for them.
+  WaitGroup waits_;
   // Tokens of the active fibers: capacity = the limit; nil = no limit.
   DoneChan sem_;
   Context ctx_;

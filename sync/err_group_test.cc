@@ -3,6 +3,7 @@
 #include "sync/err_group.h"
 
 #include <atomic>
+#include <cstdint>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -20,7 +21,18 @@
 #include "sync/wait_group.h"
 
 namespace gort {
+namespace sync_internal {
+
+struct ErrGroupPeer {
+  static std::int64_t WaitsInProgress(const ErrGroup& g) {
+    return g.waits_.count();
+  }
+};
+
+}  // namespace sync_internal
 namespace {
+
+using sync_internal::ErrGroupPeer;
 
 constexpr int kScale = testing::kStressScale;
 
@@ -276,6 +288,31 @@ TEST_P(ErrGroupTest, DestructorWaitsForTheFibers) {
   }
   EXPECT_EQ(finished.load(), 8);
   EXPECT_TRUE(absl::IsCancelled(ctx.Err()));
+}
+
+// The reference-count pattern with two waiters: the owner's Wait returns
+// and it destroys the group while another task's Wait is still returning
+// (cancelling, reading the error). The destructor waits for it (under ASan,
+// a use-after-free otherwise).
+TEST_P(ErrGroupTest, TheOwnerMayDestroyTheGroupWhileAnotherWaitReturns) {
+  const int kRounds = 1000 / kScale;
+  for (int round = 0; round < kRounds; ++round) {
+    auto* g = new ErrGroup();
+    std::atomic<bool> release{false};
+    g->Go([&release] {
+      while (!release.load()) Sleep(absl::Microseconds(20));
+      return absl::InvalidArgumentError("e");
+    });
+    absl::Status seen;
+    std::thread monitor([g, &seen] { seen = g->Wait(); });
+    // The monitor's Wait is in progress before ours can return.
+    while (ErrGroupPeer::WaitsInProgress(*g) != 1) std::this_thread::yield();
+    release.store(true);
+    EXPECT_TRUE(absl::IsInvalidArgument(g->Wait()));
+    delete g;
+    monitor.join();
+    EXPECT_TRUE(absl::IsInvalidArgument(seen));
+  }
 }
 
 }  // namespace
