@@ -69,7 +69,13 @@ class Lock {
     return state_.compare_exchange_strong(c, 1, std::memory_order_acquire);
   }
   void unlock() {
-    // store-release via exchange; pairs with the acquire in lock().
+    // store-release via exchange; pairs with the acquire in lock(). The
+    // exchange is our last memory access: the object holding this lock may
+    // be destroyed by whoever takes it next (the reference-count pattern
+    // the sync primitives allow), so the FutexWake that may follow only
+    // names the address in a syscall, as glibc's mutexes do: on a reused
+    // address it is at worst a spurious wake, which FutexWait's callers
+    // tolerate.
     if (state_.exchange(0, std::memory_order_release) == 2) FutexWake(&state_);
   }
 
