@@ -296,6 +296,7 @@ Fiber* Fiber::Create(F&& fn, Stack stack, const char* name) {
   // back, 16 bytes at a time, the callable's captures just stored, which
   // stalls store forwarding (~10 ns of create + run + destroy on AMD Zen 4).
   // fn_ is empty: ending its lifetime needs no destructor call.
+#if defined(__cpp_exceptions)
   try {
     ::new (static_cast<void*>(&f->fn_)) Function(std::forward<F>(fn));
   } catch (...) {
@@ -303,6 +304,9 @@ Fiber* Fiber::Create(F&& fn, Stack stack, const char* name) {
     Destroy(f);
     throw;
   }
+#else
+  ::new (static_cast<void*>(&f->fn_)) Function(std::forward<F>(fn));
+#endif
   if (!f->fn_) EmptyFunction();
   return f;
 }
