@@ -130,7 +130,7 @@ class Mutex {
   static constexpr std::int64_t kStarving = 4;  // starvation mode
   static constexpr int kWaiterShift = 3;        // bits 3-34: waiter count
   static constexpr std::int64_t kWaiter = std::int64_t{1} << kWaiterShift;
-  static constexpr int kUnlockerShift = 35;  // bits 35-62: unlockers
+  static constexpr int kUnlockerShift = 35;  // bits 35-62: units
   static constexpr std::int64_t kUnlocker = std::int64_t{1} << kUnlockerShift;
   static std::int64_t Waiters(std::int64_t s) {
     return (s >> kWaiterShift) & ((std::int64_t{1} << 32) - 1);
