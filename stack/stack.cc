@@ -19,9 +19,16 @@ using stack_internal::ClassCache;
 using stack_internal::ThreadState;
 
 Stack Stack::Allocate(std::size_t size) {
-  const std::uint32_t cls = ABSL_PREDICT_TRUE(size == kDefaultStackSize)
-                                ? stack_internal::kDefaultClass
-                                : stack_internal::ClassForSize(size);
+  return AllocateInClass(ABSL_PREDICT_TRUE(size == kDefaultStackSize)
+                             ? stack_internal::kDefaultClass
+                             : stack_internal::ClassForSize(size));
+}
+
+Stack Stack::AllocateCompact() {
+  return AllocateInClass(stack_internal::CompactClass());
+}
+
+inline Stack Stack::AllocateInClass(std::uint32_t cls) {
   ThreadState& ts = stack_internal::tls_thread_state;
   if (ABSL_PREDICT_TRUE(cls < stack_internal::kCachedClasses)) {
     ClassCache& cache = ts.caches[cls];

@@ -77,6 +77,12 @@ inline constexpr std::size_t kMaxStackSize = 256 * 1024 * 1024;
 // The guard below every stack (rounded up to the page size).
 inline constexpr std::size_t kStackGuardSize = 64 * 1024;
 
+// The usable size of a compact stack (Stack::AllocateCompact): 2 KiB, two
+// stacks to a page (16 KiB in ASan and TSan builds).
+inline constexpr std::size_t kCompactStackSize = stack_internal::kCompactSize;
+// The canary at the bottom of every compact stack (part of its usable size).
+inline constexpr std::size_t kStackCanaryBytes = stack_internal::kCanaryBytes;
+
 static_assert(kDefaultStackSize == stack_internal::kDefaultSize);
 static_assert(kMaxStackSize == stack_internal::kMaxSize);
 static_assert(kStackGuardSize == stack_internal::kMinGuardSize);
@@ -124,6 +130,16 @@ class Stack {
   // whatever its previous user left (or zeros, if it was trimmed).
   static Stack Allocate(std::size_t size = kDefaultStackSize);
 
+  // A compact stack: kCompactStackSize usable bytes, packed two to a page in
+  // their own size class, with NO guard below. Its lowest kStackCanaryBytes
+  // are a canary (ArmCanary / CanaryIntact) that its user checks at every
+  // opportunity: an overflow is found only after it has written below the
+  // stack, i.e. into the top of the neighbouring compact stack, where another
+  // fiber keeps its control block. For small code paths that are known to
+  // stay well within the size (no exceptions, no printf-family formatting,
+  // no recursion); //fiber checks the canary at every switch.
+  static Stack AllocateCompact();
+
   Stack(Stack&& other) noexcept : bits_(std::exchange(other.bits_, 0)) {}
   Stack& operator=(Stack&& other) noexcept {
     if (this != &other) {
@@ -158,6 +174,17 @@ class Stack {
   }
   explicit operator bool() const { return bits_ != 0; }
 
+  // True for a stack from AllocateCompact(): no guard, a canary instead.
+  bool is_compact() const {
+    return bits_ != 0 && stack_internal::g_class_info[cls()].compact;
+  }
+
+  // Compact stacks only: writes the canary at the bottom of the stack.
+  void ArmCanary() { stack_internal::ArmCanary(base()); }
+  // Compact stacks only: whether the canary is still intact. A stack is
+  // handed out with whatever its previous user left there: arm it first.
+  bool CanaryIntact() const { return stack_internal::CanaryIntact(base()); }
+
   // Records who runs on this stack (the fiber id); the overflow report prints
   // it. Kept in the slab's metadata, not in the stack. Reset to 0 when the
   // stack is released. Requires a non-empty Stack.
@@ -178,6 +205,7 @@ class Stack {
   std::uint32_t cls() const {
     return static_cast<std::uint32_t>(bits_ & stack_internal::kClassMask);
   }
+  static Stack AllocateInClass(std::uint32_t cls);
   static void Free(std::uintptr_t bits);
 
   std::uintptr_t bits_ = 0;  // top | size class; 0 when empty

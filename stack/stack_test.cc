@@ -347,6 +347,88 @@ TEST(StackTest, TrimCoalescesAdjacentStacks) {
   EXPECT_LE(after.trim_calls - before.trim_calls, 2u);
 }
 
+TEST(StackTest, CompactStacksArePackedWithoutGuards) {
+  std::vector<Stack> stacks;
+  for (int i = 0; i < 8; ++i) stacks.push_back(Stack::AllocateCompact());
+  std::sort(stacks.begin(), stacks.end(),
+            [](const Stack& a, const Stack& b) { return a.top() < b.top(); });
+  for (const Stack& s : stacks) {
+    EXPECT_TRUE(s.is_compact());
+    EXPECT_EQ(s.size(), kCompactStackSize);
+    EXPECT_EQ(Addr(s.top()) % kCompactStackSize, 0u);
+    std::memset(s.base(), 0x5a, s.size());  // all of it is usable
+  }
+  // Fresh slots come out of one slab in carving order: adjacent, with no
+  // guard between them.
+  for (std::size_t i = 1; i < stacks.size(); ++i) {
+    EXPECT_EQ(stacks[i].base(), stacks[i - 1].top());
+  }
+  EXPECT_FALSE(Stack::Allocate().is_compact());
+  // A regular class of the same size is a different, guarded class.
+  Stack same_size = Stack::Allocate(kCompactStackSize);
+  EXPECT_FALSE(same_size.is_compact());
+  EXPECT_GE(same_size.size(), kCompactStackSize);
+  if (kCompactStackSize < Page()) {
+    EXPECT_EQ(Page() % kCompactStackSize, 0u);  // several to a page
+  }
+}
+
+TEST(StackTest, CompactStackCanaryDetectsAWriteBelowTheStack) {
+  Stack s = Stack::AllocateCompact();
+  s.SetOwnerId(77);
+  EXPECT_EQ(s.owner_id(), 77u);
+  s.ArmCanary();
+  EXPECT_TRUE(s.CanaryIntact());
+  static_cast<char*>(s.top())[-1] = 1;  // the top is not the canary
+  EXPECT_TRUE(s.CanaryIntact());
+  static_cast<volatile char*>(s.base())[kStackCanaryBytes - 1] ^= 1;
+  EXPECT_FALSE(s.CanaryIntact());
+  s.ArmCanary();
+  EXPECT_TRUE(s.CanaryIntact());
+  // A canary copied to another address does not pass for an intact one.
+  Stack other = Stack::AllocateCompact();
+  std::memcpy(other.base(), s.base(), kStackCanaryBytes);
+  EXPECT_FALSE(other.CanaryIntact());
+}
+
+TEST(StackTest, TrimmingACompactStackSparesThePageItSharesWithALiveOne) {
+  if (kCompactStackSize * 2 > Page()) {
+    GTEST_SKIP() << "compact stacks do not share pages in this build";
+  }
+  ReleaseStackCache();
+  std::vector<Stack> stacks;
+  for (int i = 0; i < 16; ++i) stacks.push_back(Stack::AllocateCompact());
+  // Two stacks that share a page: keep the lower one, trim the upper one.
+  std::size_t lower = stacks.size();
+  for (std::size_t i = 0; i < stacks.size() && lower == stacks.size(); ++i) {
+    const std::uintptr_t page = Addr(stacks[i].base()) & ~(Page() - 1);
+    if (page != Addr(stacks[i].base())) continue;  // not at a page start
+    for (std::size_t j = 0; j < stacks.size(); ++j) {
+      if (stacks[j].base() == stacks[i].top()) lower = i;
+    }
+  }
+  ASSERT_LT(lower, stacks.size());
+  Stack kept = std::move(stacks[lower]);
+  std::memset(kept.base(), 0x6b, kept.size());
+  const StackStats before = GetStackStats(false);
+  stacks.clear();  // the upper half of kept's page among them
+  ReleaseStackCache();
+  const StackStats after = GetStackStats(false);
+  // The upper half stays resident (and pooled) with its live page-mate.
+  EXPECT_GE(after.trimmed_stacks - before.trimmed_stacks, 12u);
+  EXPECT_LE(after.trimmed_stacks - before.trimmed_stacks, 14u);
+  EXPECT_GE(after.pooled_resident, 1u);
+  const auto* bytes = static_cast<const unsigned char*>(kept.base());
+  EXPECT_EQ(std::count(bytes, bytes + kept.size(), 0x6b),
+            static_cast<std::ptrdiff_t>(kept.size()));
+  EXPECT_EQ(ResidentPages(kept.base(), Page()), 1u);
+  // Once both halves are pooled, the page goes back.
+  void* page = kept.base();
+  kept.Release();
+  ReleaseStackCache();
+  EXPECT_EQ(ResidentPages(page, Page()), 0u);
+}
+
 TEST(StackTest, ThreadCacheIsFlushedAtThreadExit) {
   const StackStats before = GetStackStats(false);
   std::thread([] {

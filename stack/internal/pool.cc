@@ -80,17 +80,23 @@ class Pool {
     return g_class_count.load(std::memory_order_acquire);
   }
 
-  std::uint32_t FindOrCreateClass(std::size_t usable) {
+  std::uint32_t FindOrCreateClass(std::size_t usable, bool compact) {
     const std::uint32_t n = ClassCount();
     for (std::uint32_t i = 0; i < n; ++i) {
-      if (g_class_info[i].usable == usable) return i;
+      if (g_class_info[i].usable == usable &&
+          g_class_info[i].compact == compact) {
+        return i;
+      }
     }
     std::lock_guard<std::mutex> lock(class_mu_);
     const std::uint32_t m = g_class_count.load(std::memory_order_relaxed);
     for (std::uint32_t i = n; i < m; ++i) {
-      if (g_class_info[i].usable == usable) return i;
+      if (g_class_info[i].usable == usable &&
+          g_class_info[i].compact == compact) {
+        return i;
+      }
     }
-    return CreateClassLocked(usable);
+    return CreateClassLocked(usable, compact);
   }
 
   SharedPool& shared(std::uint32_t cls) { return shared_[cls]; }
@@ -187,9 +193,10 @@ class Pool {
         ++sp.carved;
       }
     }
-    InstallGuards(slots, n, ci.guard);  // outside the lock: system calls
+    // Outside the lock: system calls.
+    if (ci.guard != 0) InstallGuards(slots, n, ci.guard);
     for (std::uint32_t i = 0; i < n; ++i) out[i] = slots[i] + ci.stride;
-    PrefaultTops(out, n, kPrefaultBytes);
+    PrefaultSlots(cls, out, n);
   }
 
   // A never-used slot: reserves a slab if needed, installs the slot's guard.
@@ -207,9 +214,9 @@ class Pool {
       ++sp.carve_next;
       ++sp.carved;
     }
-    InstallGuard(slot, ci.guard);  // outside the lock: a syscall
+    if (ci.guard != 0) InstallGuard(slot, ci.guard);  // outside the lock
     const std::uintptr_t top = slot + ci.stride;
-    PrefaultTops(&top, 1, kPrefaultBytes);
+    PrefaultSlots(cls, &top, 1);
     return top;
   }
 
@@ -269,14 +276,15 @@ class Pool {
   Pool() {
     InitGuards();
     g_page_size_for_classes = PageSize();
-    CreateClassLocked(kDefaultSize);  // class 0; no other thread can see us
+    // Class 0; no other thread can see us.
+    CreateClassLocked(kDefaultSize, /*compact=*/false);
     if (pthread_key_create(&key_, OnThreadExit) != 0) {
       StackFatal("pthread_key_create failed");
     }
     InstallOverflowHandler();
   }
 
-  std::uint32_t CreateClassLocked(std::size_t usable) {
+  std::uint32_t CreateClassLocked(std::size_t usable, bool compact) {
     const std::uint32_t n = g_class_count.load(std::memory_order_relaxed);
     if (n == kMaxSizeClasses) {
       StackFatal("too many distinct fiber stack sizes (%u): cannot add %zu",
@@ -285,7 +293,8 @@ class Pool {
     const std::size_t page = PageSize();
     ClassInfo& ci = g_class_info[n];
     ci.usable = usable;
-    ci.guard = GuardBytes();
+    ci.compact = compact;
+    ci.guard = compact ? 0 : GuardBytes();
     ci.stride = ci.guard + usable;
     const std::size_t upper = kSlabBytes / ci.stride;
     ci.header = (upper * sizeof(std::uint64_t) + page - 1) / page * page;
@@ -312,10 +321,32 @@ class Pool {
   // Releases the usable pages of `victims` (one madvise per run of adjacent
   // slots; a run's inner guards are included, which MADV_DONTNEED leaves
   // intact), then files them as trimmed. Runs without the class lock.
+  // Compact slots share pages: a victim whose page-mates are not all in the
+  // batch (one is live, or pooled but not taken) keeps its page and goes
+  // back to the oldest end of `resident`, counted as idle, so that it is
+  // retried with the next batch; a slot filed as trimmed has no page left.
   void TrimAndStore(std::uint32_t cls, std::vector<std::uintptr_t>* victims) {
     const ClassInfo& ci = g_class_info[cls];
     std::vector<std::uintptr_t>& v = *victims;
     std::sort(v.begin(), v.end());
+    const std::uintptr_t page = PageSize();
+    std::vector<std::uintptr_t> orphans;
+    if (ci.stride < page) {  // the compact class: page / stride per page
+      const std::size_t per_page = page / ci.stride;
+      std::size_t kept = 0;
+      for (std::size_t i = 0; i < v.size();) {
+        const std::uintptr_t pg = (v[i] - 1) & ~(page - 1);
+        std::size_t j = i + 1;
+        while (j < v.size() && ((v[j] - 1) & ~(page - 1)) == pg) ++j;
+        if (j - i == per_page) {
+          for (std::size_t k = i; k < j; ++k) v[kept++] = v[k];
+        } else {
+          orphans.insert(orphans.end(), v.begin() + i, v.begin() + j);
+        }
+        i = j;
+      }
+      v.resize(kept);
+    }
     std::size_t calls = 0;
     for (std::size_t i = 0; i < v.size();) {
       const std::uintptr_t lo = v[i] - ci.usable;
@@ -334,6 +365,10 @@ class Pool {
     // Highest address last: refills hand out low addresses last, which
     // keeps no particular order but costs nothing.
     sp.trimmed.insert(sp.trimmed.end(), v.begin(), v.end());
+    if (!orphans.empty()) {
+      sp.resident.insert(sp.resident.begin(), orphans.begin(), orphans.end());
+      sp.idle_mark += orphans.size();
+    }
   }
 
   SharedPool shared_[kMaxSizeClasses];
@@ -383,7 +418,10 @@ std::uint32_t ClassForSize(std::size_t size) {
     const std::size_t page = g_page_size_for_classes;
     const std::size_t rounded = (size + page - 1) & ~(page - 1);
     for (std::uint32_t i = 0; i < n; ++i) {
-      if (g_class_info[i].usable == rounded) return i;  // never for 0
+      // Never for 0; never the compact class.
+      if (g_class_info[i].usable == rounded && !g_class_info[i].compact) {
+        return i;
+      }
     }
   }
   Pool& pool = Pool::Get();
@@ -392,7 +430,33 @@ std::uint32_t ClassForSize(std::size_t size) {
     StackFatal("fiber stack size %zu exceeds the maximum %zu", size, kMaxSize);
   }
   const std::size_t page = PageSize();
-  return pool.FindOrCreateClass((size + page - 1) & ~(page - 1));
+  return pool.FindOrCreateClass((size + page - 1) & ~(page - 1),
+                                /*compact=*/false);
+}
+
+std::uint32_t CompactClass() {
+  static const std::uint32_t cls =
+      Pool::Get().FindOrCreateClass(kCompactSize, /*compact=*/true);
+  return cls;
+}
+
+void PrefaultSlots(std::uint32_t cls, const std::uintptr_t* tops,
+                   std::size_t n) {
+  if (!g_class_info[cls].compact) {
+    PrefaultTops(tops, n, kPrefaultBytes);
+    return;
+  }
+  // madvise needs whole pages: the pages holding the stacks' tops, each once.
+  const std::uintptr_t page = PageSize();
+  std::uintptr_t pages[kThreadCacheCapacity];
+  for (std::size_t done = 0; done < n;) {
+    std::size_t k = 0;
+    for (; done < n && k < kThreadCacheCapacity; ++done) {
+      const std::uintptr_t end = (tops[done] + page - 1) & ~(page - 1);
+      if (k == 0 || pages[k - 1] != end) pages[k++] = end;
+    }
+    PrefaultTops(pages, k, page);
+  }
 }
 
 void PrepareThread(ThreadState& ts) {
@@ -416,7 +480,7 @@ std::uintptr_t AllocateSlow(ThreadState& ts, std::uint32_t cls) {
         pool.TakeBatch(cls, cache.tops, kThreadCacheBatch, &trimmed);
     if (got != 0) {
       // Trimmed stacks come first in tops[]: fault their top pages in.
-      PrefaultTops(cache.tops, trimmed, kPrefaultBytes);
+      PrefaultSlots(cls, cache.tops, trimmed);
     } else {
       pool.CarveBatch(cls, cache.tops, kThreadCacheBatch);
       got = kThreadCacheBatch;
@@ -428,7 +492,7 @@ std::uintptr_t AllocateSlow(ThreadState& ts, std::uint32_t cls) {
   }
   std::uint32_t trimmed = 0;
   if (pool.TakeBatch(cls, &top, 1, &trimmed) == 1) {
-    PrefaultTops(&top, trimmed, kPrefaultBytes);
+    PrefaultSlots(cls, &top, trimmed);
     UnpoisonStack(top, cls);
     return top;
   }

@@ -40,6 +40,18 @@ inline constexpr std::size_t kDefaultSize = 256 * 1024;
 inline constexpr std::size_t kMaxSize = 256 * 1024 * 1024;
 inline constexpr std::size_t kMinGuardSize = 64 * 1024;
 
+// The compact class's usable bytes (stack.h: kCompactStackSize). Sanitizer
+// builds instrument every frame (redzones, shadow calls) and need several
+// times the stack, so there it is 16 KiB: still packed, still unguarded.
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+inline constexpr std::size_t kCompactSize = 16 * 1024;
+#else
+inline constexpr std::size_t kCompactSize = 2 * 1024;
+#endif
+// The canary at the bottom of a compact stack, and the value of its words.
+inline constexpr std::size_t kCanaryBytes = 64;
+inline constexpr std::uint64_t kCanaryWord = 0x9e3779b97f4a7c15;
+
 // Layout of one slab of class c (all offsets page aligned):
 //
 //   base                                        base + kSlabBytes
@@ -52,13 +64,17 @@ inline constexpr std::size_t kMinGuardSize = 64 * 1024;
 // its guard is the lowest `guard` bytes, its usable stack the rest, and its
 // top (one past the highest usable byte) is the slot's end.
 struct ClassInfo {
-  std::size_t usable;     // usable bytes per stack, a multiple of the page
-  std::size_t guard;      // guard bytes below each stack
+  std::size_t usable;     // usable bytes per stack: a multiple of the page,
+                          // or a power-of-two fraction of it (compact)
+  std::size_t guard;      // guard bytes below each stack (0: compact)
   std::size_t stride;     // guard + usable
   std::size_t header;     // bytes of owner ids at the slab start
   std::size_t slots;      // stacks per slab
   unsigned stride_shift;  // stride == stride_odd << stride_shift
   std::uint64_t stride_odd_inverse;  // stride_odd * inverse == 1 (mod 2^64)
+  // The compact class: no guard, slots packed (two to a 4 KiB page), a
+  // canary at the bottom of each stack instead (see stack.h).
+  bool compact;
 };
 
 extern ClassInfo g_class_info[kMaxSizeClasses];
@@ -75,6 +91,26 @@ inline std::atomic<std::uint64_t>* OwnerCell(std::uintptr_t top,
       (top - slab - ci.header) >> ci.stride_shift;  // (index + 1) * odd
   const std::uint64_t index = multiple * ci.stride_odd_inverse - 1;
   return reinterpret_cast<std::atomic<std::uint64_t>*>(slab) + index;
+}
+
+// The canary of the compact stack whose lowest usable byte is `base`: its
+// words hold kCanaryWord mixed with their own address, so that a copy of a
+// canary moved elsewhere on the stack does not pass for an intact one.
+inline void ArmCanary(void* base) {
+  auto* w = static_cast<std::uint64_t*>(base);
+  const auto b = reinterpret_cast<std::uint64_t>(base);
+  for (std::size_t i = 0; i < kCanaryBytes / 8; ++i)
+    w[i] = kCanaryWord ^ (b + i);
+}
+
+inline bool CanaryIntact(const void* base) {
+  const auto* w = static_cast<const std::uint64_t*>(base);
+  const auto b = reinterpret_cast<std::uint64_t>(base);
+  std::uint64_t diff = 0;
+  for (std::size_t i = 0; i < kCanaryBytes / 8; ++i) {
+    diff |= w[i] ^ (kCanaryWord ^ (b + i));
+  }
+  return diff == 0;
 }
 
 }  // namespace gort::stack_internal
