@@ -125,6 +125,12 @@ class Fiber {
 
   struct Options {
     std::size_t stack_size = kDefaultStackSize;
+    // A compact stack (Stack::AllocateCompact: kCompactStackSize bytes, no
+    // guard page) instead of one of stack_size bytes. Its canary is checked
+    // at every switch away from the fiber; an overrun is fatal, but only
+    // detected after it has written into the neighbouring stack. For short,
+    // shallow functions only: no exceptions, no printf-family formatting.
+    bool compact_stack = false;
     // Shown in fatal messages and fiber dumps. Must outlive the fiber.
     const char* name = nullptr;
   };
@@ -248,6 +254,8 @@ class Fiber {
   static void SanitizerStartSwitch(Fiber* from, Fiber* to, bool exiting);
   static void SanitizerFinishSwitch(Fiber* from);
   [[noreturn]] static void BadSwitch(Fiber* from, Fiber* to, bool exiting);
+  // Fatal unless the canary of `from`'s compact stack is intact.
+  static void CheckCanary(const Fiber* from);
   static void SwapExceptionState(fiber_internal::EhGlobals* eh, Fiber* from,
                                  Fiber* to);
   [[noreturn]] static void BadResume(Fiber* f);
@@ -262,6 +270,7 @@ class Fiber {
   void* pending_arg_ = nullptr;
   std::uint64_t id_;
   State state_ = State::kReady;
+  bool check_canary_ = false;  // a compact stack: check it at every switch
   const char* name_ = nullptr;
   Stack stack_;  // empty for a thread fiber
   // Per-fiber C++ exception state (libstdc++'s __cxa_eh_globals), swapped in
@@ -282,7 +291,9 @@ class Fiber {
 
 template <typename F>
 Fiber* Fiber::Create(F&& fn, const Options& options) {
-  return Create(std::forward<F>(fn), Stack::Allocate(options.stack_size),
+  return Create(std::forward<F>(fn),
+                options.compact_stack ? Stack::AllocateCompact()
+                                      : Stack::Allocate(options.stack_size),
                 options.name);
 }
 
@@ -331,6 +342,7 @@ inline void Fiber::SwitchImpl(fiber_internal::ThreadState* ts, Fiber* from,
                        0)) {
     BadSwitch(from, to, exiting);
   }
+  if (__builtin_expect(from->check_canary_, 0)) CheckCanary(from);
   // Exception state moves only when there is some (a switch inside a catch
   // block or during unwinding): a suspended fiber's eh_* fields hold its
   // state, a running fiber's are zero, so the common case only loads.

@@ -64,6 +64,20 @@ void BM_Fiber_CreateRunDestroy(benchmark::State& state) {
 }
 BENCHMARK(BM_Fiber_CreateRunDestroy);
 
+// The same on a compact stack (2 KiB, no guard, canary checked per switch).
+void BM_Fiber_CreateRunDestroyCompact(benchmark::State& state) {
+  Fiber::Options opts;
+  opts.compact_stack = true;
+  int runs = 0;
+  for (auto _ : state) {
+    Fiber* f = Fiber::Create([&runs] { ++runs; }, opts);
+    f->Resume();
+    Fiber::Destroy(f);
+  }
+  benchmark::DoNotOptimize(runs);
+}
+BENCHMARK(BM_Fiber_CreateRunDestroyCompact);
+
 #if defined(GORT_HAVE_BOOST_CONTEXT)
 namespace ctx = boost::context;
 
@@ -142,10 +156,13 @@ __attribute__((noinline)) void TouchKilobyteAndSuspend() {
   buf[0] = 2;
 }
 
-// N live fibers at once, each having touched 1 KB of its (default, 256 KiB,
-// guard-paged) stack and suspended: RSS per fiber and the time to get there.
+// N live fibers at once, each having touched 1 KB of its stack and
+// suspended: RSS per fiber and the time to get there. range(1): 0 for the
+// default stack (256 KiB, guard-paged), 1 for a compact one (2 KiB).
 void BM_Fiber_LiveFibers(benchmark::State& state) {
   const int n = static_cast<int>(state.range(0));
+  Fiber::Options opts;
+  opts.compact_stack = state.range(1) != 0;
   ReleaseStackCache();
   for (auto _ : state) {
     const long rss_before = ResidentBytes();
@@ -153,7 +170,7 @@ void BM_Fiber_LiveFibers(benchmark::State& state) {
     std::vector<Fiber*> fibers;
     fibers.reserve(n);
     for (int i = 0; i < n; ++i) {
-      Fiber* f = Fiber::Create(&TouchKilobyteAndSuspend);
+      Fiber* f = Fiber::Create(&TouchKilobyteAndSuspend, opts);
       f->Resume();
       fibers.push_back(f);
     }
@@ -173,8 +190,10 @@ void BM_Fiber_LiveFibers(benchmark::State& state) {
   }
 }
 BENCHMARK(BM_Fiber_LiveFibers)
-    ->Arg(100'000)
-    ->Arg(1'000'000)
+    ->Args({100'000, 0})
+    ->Args({1'000'000, 0})
+    ->Args({100'000, 1})
+    ->Args({1'000'000, 1})
     ->Iterations(1)
     ->Unit(benchmark::kMillisecond);
 

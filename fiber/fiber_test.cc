@@ -177,6 +177,15 @@ __attribute__((noinline)) int Recurse(int depth) {
   return Recurse(depth - 1) + depth + (buf[0] - 1);
 }
 
+// Recursion whose frames are written all the way down (unlike Recurse,
+// which writes one byte per KiB and could step over a canary).
+__attribute__((noinline)) int RecurseWritingFrames(int depth) {
+  volatile char buf[48];
+  for (auto& c : buf) c = static_cast<char>(depth);
+  if (depth == 0) return buf[0];
+  return RecurseWritingFrames(depth - 1) + buf[47];
+}
+
 TEST(FiberTest, DeepRecursionWithinStackSize) {
   int result = -1;
   Fiber* f = Fiber::Create([&] { result = Recurse(150); });
@@ -442,6 +451,40 @@ TEST(FiberTest, ACallableThatThrowsWhileStoredLeavesNothingBehind) {
   EXPECT_EQ(runs, 2);
 }
 
+TEST(FiberTest, CompactFiberRunsOnItsCompactStack) {
+  Fiber::Options opts;
+  opts.compact_stack = true;
+  std::uintptr_t local = 0;
+  int steps = 0;
+  Fiber* f = Fiber::Create(
+      [&] {
+        int here = 0;
+        local = reinterpret_cast<std::uintptr_t>(&here);
+        for (int i = 0; i < 3; ++i) {
+          ++steps;
+          Fiber::Suspend();
+        }
+      },
+      opts);
+  ASSERT_TRUE(f->stack().is_compact());
+  EXPECT_EQ(f->stack().size(), kCompactStackSize);
+  // The control block is inside the stack, above the canary.
+  const auto base = reinterpret_cast<std::uintptr_t>(f->stack().base());
+  const auto top = reinterpret_cast<std::uintptr_t>(f->stack().top());
+  const auto block = reinterpret_cast<std::uintptr_t>(f);
+  EXPECT_GE(block, base + kStackCanaryBytes);
+  EXPECT_LT(block, top);
+  EXPECT_TRUE(f->stack().CanaryIntact());
+  while (f->Resume(), !f->finished()) {
+  }
+  EXPECT_EQ(steps, 3);
+#if !defined(__SANITIZE_ADDRESS__)  // ASan may put `here` on a fake stack
+  EXPECT_GT(local, base + kStackCanaryBytes);
+  EXPECT_LT(local, block);
+#endif
+  Fiber::Destroy(f);
+}
+
 TEST(FiberDeathTest, AnEmptyFunctionIsFatal) {
   EXPECT_DEATH(Fiber::Create(Fiber::Function()),
                "fatal: Fiber::Create: empty function");
@@ -465,6 +508,37 @@ TEST(FiberDeathTest, StackOverflowIsReported) {
         Fiber::Options opts;
         opts.stack_size = 64 * 1024;
         Fiber* f = Fiber::Create([] { Recurse(1 << 20); }, opts);
+        f->Resume();
+      },
+      "fatal: fiber stack overflow: fiber [0-9]+");
+}
+
+TEST(FiberDeathTest, AnOverrunCompactStackIsReportedAtTheNextSwitch) {
+  EXPECT_DEATH(
+      {
+        Fiber::Options opts;
+        opts.compact_stack = true;
+        opts.name = "tiny";
+        Fiber* f = Fiber::Create(
+            [] {
+              // What a frame too deep for the stack leaves behind.
+              std::memset(Fiber::Current()->stack().base(), 0, 16);
+              Fiber::Suspend();
+            },
+            opts);
+        f->Resume();
+      },
+      "fatal: fiber stack overflow: fiber [0-9]+ \\(tiny\\) overran its "
+      "compact stack \\[0x[0-9a-f]+, 0x[0-9a-f]+\\) \\([0-9]+ bytes\\)");
+}
+
+TEST(FiberDeathTest, ACompactFiberThatRecursesTooDeepIsCaught) {
+  EXPECT_DEATH(
+      {
+        Fiber::Options opts;
+        opts.compact_stack = true;
+        Fiber* f = Fiber::Create(
+            [] { RecurseWritingFrames(2 * kCompactStackSize / 48); }, opts);
         f->Resume();
       },
       "fatal: fiber stack overflow: fiber [0-9]+");
