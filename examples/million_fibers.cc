@@ -7,7 +7,8 @@
 //   tools/demo.sh --fibers=100000 --sleep_ms=1000 --threads=2000
 //
 // Flags: --fibers=N (default 1000000), --sleep_ms=M (default 100),
-//        --threads=N (default 10000; 0 skips the threads part).
+//        --threads=N (default 10000; 0 skips the threads part),
+//        --compact=1 (run the fibers on compact 2 KiB stacks: gort::GoOptions).
 //
 // Memory is the peak resident set size (VmHWM) over the baseline measured
 // just before spawning, divided by the number of tasks. Fibers that finish
@@ -43,15 +44,19 @@ struct Flags {
   std::int64_t fibers = 1'000'000;
   std::int64_t sleep_ms = 100;
   std::int64_t threads = 10'000;
+  std::int64_t compact = 0;
 };
 
 void Usage(const char* argv0) {
   std::fprintf(stderr,
-               "usage: %s [--fibers=N] [--sleep_ms=M] [--threads=N]\n"
+               "usage: %s [--fibers=N] [--sleep_ms=M] [--threads=N] "
+               "[--compact=1]\n"
                "  --fibers=N    fibers to start (default 1000000)\n"
                "  --sleep_ms=M  each task sleeps M ms (default 100)\n"
                "  --threads=N   std::threads for the contrast (default "
-               "10000; 0 skips it)\n",
+               "10000; 0 skips it)\n"
+               "  --compact=1   fibers on compact stacks (2 KiB, no guard "
+               "page)\n",
                argv0);
 }
 
@@ -138,9 +143,10 @@ Result RunFibers(const Flags& flags) {
   r.rss_measured = ResetPeakRss();
   gort::WaitGroup wg;
   wg.Add(n);
+  const gort::GoOptions options{.compact_stack = flags.compact != 0};
   const auto start = std::chrono::steady_clock::now();
   for (std::int64_t i = 0; i < n; ++i) {
-    gort::Go([&wg, sleep] {
+    gort::Go(options, [&wg, sleep] {
       gort::Sleep(sleep);
       wg.Done();
     });
@@ -200,7 +206,8 @@ int main(int argc, char** argv) {
     }
     if (!ParseFlag(argv[i], "--fibers", &flags.fibers) &&
         !ParseFlag(argv[i], "--sleep_ms", &flags.sleep_ms) &&
-        !ParseFlag(argv[i], "--threads", &flags.threads)) {
+        !ParseFlag(argv[i], "--threads", &flags.threads) &&
+        !ParseFlag(argv[i], "--compact", &flags.compact)) {
       std::fprintf(stderr, "unknown or bad flag: %s\n", argv[i]);
       Usage(argv[0]);
       return 2;
@@ -223,10 +230,12 @@ int main(int argc, char** argv) {
     const double fiber_live =
         double(f.delta_bytes) / double(std::max<std::int64_t>(f.peak_live, 1));
     std::printf(
-        "gort: %s fibers, each Sleep(%lldms) -> wall %.2f s, peak RSS %s "
+        "gort: %s fibers%s, each Sleep(%lldms) -> wall %.2f s, peak RSS %s "
         "(+%s: %s per fiber started; %s alive at peak, %s each)\n",
-        Count(flags.fibers).c_str(), static_cast<long long>(flags.sleep_ms),
-        f.wall_s, Bytes(double(f.peak_bytes)).c_str(),
+        Count(flags.fibers).c_str(),
+        flags.compact != 0 ? " (compact stacks)" : "",
+        static_cast<long long>(flags.sleep_ms), f.wall_s,
+        Bytes(double(f.peak_bytes)).c_str(),
         Bytes(double(f.delta_bytes)).c_str(),
         Bytes(double(f.delta_bytes) / double(flags.fibers)).c_str(),
         Count(f.peak_live).c_str(), Bytes(fiber_live).c_str());

@@ -65,6 +65,14 @@ enum class GStatus : std::uint8_t { kIdle, kRunnable, kRunning, kWaiting, kSysca
 
 struct ExitSignal {};  // thrown by Exit()
 
+// RunMain's function and result, on RunMain's caller's stack: only the main
+// G points to one, so the other Gs do not carry its fields.
+struct MainState {
+  absl::AnyInvocable<int() &&> fn;
+  int result = 0;
+  std::atomic<std::uint32_t> done{0};
+};
+
 // A parked G's deadline. It lives in the G (dense, huge-page-backed
 // memory), not on the parked fiber's stack: sifting a heap of a million
 // timers rewrites `index` of the timers it moves, and on fibers' stacks
@@ -95,6 +103,9 @@ struct alignas(64) G {
   const char* created_file = nullptr;
   int created_line = 0;
   std::atomic<GStatus> status{GStatus::kIdle};
+  // Runs on a compact stack: never switched to or from directly by another
+  // G, so that switch hooks and the scheduler run on g0's stack instead.
+  bool compact_stack = false;
   // The callable: its first 24 bytes share the first cache line.
   alignas(void*) unsigned char task_storage[kTaskInlineBytes];
   // --- Written by the M that runs it. ---
@@ -104,16 +115,14 @@ struct alignas(64) G {
   std::atomic<void*> saved_fp{nullptr};
   M* locked_m = nullptr;
   int lock_count = 0;
+  bool park_aborted = false;  // the park in progress (below) was cut short
   Parker parker;
   // RunMain's fiber only; null again once it finished.
-  int* main_result = nullptr;
-  std::atomic<std::uint32_t>* main_done = nullptr;
-  absl::AnyInvocable<int() &&> main_fn;
+  MainState* main = nullptr;
   // The park in progress, for ParkHook (written by g before it switches).
   std::uint64_t park_seq = 0;
   ParkCommitFn park_commit = nullptr;
   void* park_commit_arg = nullptr;
-  bool park_aborted = false;
   void (*park_unlock)(void*) = nullptr;  // ParkUnderLock's, for its hook
   Timer timer;  // a park's deadline (HookPark)
   // The global free list: a batch's first G links the next batch and
@@ -123,6 +132,7 @@ struct alignas(64) G {
 };
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Winvalid-offsetof"
+static_assert(sizeof(G) == 256, "a G is four cache lines");
 static_assert(offsetof(G, task_storage) + 24 <= 64 &&
                   offsetof(G, status) < 64,
               "G's spawn-written fields and a callable's first 24 bytes "
@@ -226,6 +236,9 @@ struct P {
   std::uint64_t seen_sched = 0, seen_syscall = 0;
   std::int64_t seen_sched_at = 0, seen_syscall_at = 0;
   bool reported_long = false;
+  // RunqPutSlow's half ring on its way to the global queue: here, not on the
+  // stack of the fiber that readies a G, which may be a compact one.
+  RunQueue<G>::Overflow overflow;  // owner only
 };
 
 struct M {
@@ -484,7 +497,7 @@ P* ReleaseP(M* m) {
 // The full-ring path of RunqPut, out of line: its 1 KiB batch stays off the
 // hot path's frame.
 __attribute__((noinline)) bool RunqPutSlow(P* p, G* g) {
-  RunQueue<G>::Overflow overflow;
+  RunQueue<G>::Overflow& overflow = p->overflow;
   if (!p->runq.local().Push(g, overflow)) {
     std::lock_guard<Lock> l(g_sched->lock);
     GlobRunqPutBatch(overflow.items, overflow.count);
@@ -981,6 +994,7 @@ void GExit(Fiber* self);
 __attribute__((noinline)) void CreateFiber(G* g) {
   Fiber::Options opts;
   opts.stack_size = g_sched->options.stack_size;
+  opts.compact_stack = g->compact_stack;
   g->fiber = Fiber::Create([g] { RunG(g); }, opts);
   g->fiber->set_user_data(g);
   g->fiber->set_exit_handler(&GExit);
@@ -1002,9 +1016,17 @@ inline void MarkRunning(M* m, G* g) {
 
 // Switches the current G away: to the next local G if there is one, else to
 // g0. `hook(from, arg)` runs on the other side. Executed by the current G.
+// A compact G switches only to and from g0 (Go's mcall): the hook, the
+// search for work and the next G's first steps all stay off its small stack,
+// and no hook ever runs on top of a compact G's frames.
 void SwitchAway(bool exiting, Fiber::AfterSwitch hook, void* arg) {
   M* m = GetM();
-  G* next = m->p != nullptr ? NextLocal(m, m->p) : nullptr;
+  G* next =
+      m->p != nullptr && !m->curg->compact_stack ? NextLocal(m, m->p) : nullptr;
+  if (next != nullptr && next->compact_stack) {
+    m->pending = next;  // g0 runs it, without a hook on its stack
+    next = nullptr;
+  }
   Fiber* target;
   if (next != nullptr) {
     EnsureFiber(next);
@@ -1154,19 +1176,18 @@ void RunG(G* g) {
   TaskFn task = g->task;
   g->task = nullptr;  // the call below destroys it, even if it throws
   try {
-    if (g->main_result != nullptr) {
-      *g->main_result = std::move(g->main_fn)();
-      g->main_fn = nullptr;
+    if (MainState* main = g->main) {
+      main->result = std::move(main->fn)();
+      main->fn = nullptr;
     } else {
       task(g->task_storage, /*run=*/true);
     }
   } catch (const ExitSignal&) {
-    g->main_fn = nullptr;
+    if (MainState* main = g->main) main->fn = nullptr;
   }
-  if (auto* done = g->main_done) {
-    g->main_result = nullptr;  // a reused G starts with them null
-    g->main_done = nullptr;
-    NoteWakeup(done);
+  if (MainState* main = g->main) {
+    g->main = nullptr;        // a reused G starts with it null
+    NoteWakeup(&main->done);  // RunMain returns: `main` is gone
   }
 }
 
@@ -1187,8 +1208,10 @@ std::int64_t LiveGs() {
 }
 
 // Makes g (from AllocG, its task stored) a live, runnable-to-be G.
-void InitG(G* g, TaskFn task, std::source_location site) {
+void InitG(G* g, TaskFn task, std::source_location site,
+           bool compact_stack = false) {
   g->task = task;
+  g->compact_stack = compact_stack;
   g->id = g_sched->goid.fetch_add(1, std::memory_order_relaxed);
   g->created_file = site.file_name();
   g->created_line = static_cast<int>(site.line());
@@ -1198,7 +1221,7 @@ void InitG(G* g, TaskFn task, std::source_location site) {
   g->status.store(GStatus::kRunnable, std::memory_order_release);
 }
 
-void NoopTask(void*, bool) {}  // RunMain's G runs main_fn instead
+void NoopTask(void*, bool) {}  // RunMain's G runs MainState::fn instead
 
 // --- Parking hooks ------------------------------------------------------------------
 
@@ -1783,9 +1806,10 @@ SpawnSlot BeginSpawn() {
   return SpawnSlot{g, g->task_storage};
 }
 
-void CommitSpawn(SpawnSlot slot, TaskFn fn, std::source_location site) {
+void CommitSpawn(SpawnSlot slot, TaskFn fn, std::source_location site,
+                 const GoOptions& options) {
   G* g = static_cast<G*>(slot.g);
-  InitG(g, fn, site);
+  InitG(g, fn, site, options.compact_stack);
   Spawn(g);
 }
 
@@ -1934,16 +1958,14 @@ void UnlockOSThread() {
 
 int RunMain(absl::AnyInvocable<int() &&> main_fn) {
   EnsureStarted();
-  int result = 0;
-  std::atomic<std::uint32_t> done{0};
+  MainState main;
+  main.fn = std::move(main_fn);
   G* g = AllocG();
   InitG(g, &NoopTask, std::source_location::current());
-  g->main_fn = std::move(main_fn);
-  g->main_result = &result;
-  g->main_done = &done;
+  g->main = &main;
   Spawn(g);
-  NoteSleep(&done, kNoDeadline);
-  return result;
+  NoteSleep(&main.done, kNoDeadline);
+  return main.result;
 }
 
 void ForEachFiber(const std::function<void(const FiberInfo&)>& fn) {
