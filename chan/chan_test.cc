@@ -6,12 +6,14 @@
 #include <atomic>
 #include <memory>
 #include <numeric>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "chan/select.h"
 #include "gtest/gtest.h"
 #include "sched/sched.h"
 #include "sched/testing/runtime_test.h"
@@ -454,6 +456,69 @@ TEST_P(ChanTest, FanOutFanIn) {
   long want = 0;
   for (long j = 0; j < kJobs; ++j) want += j * j;
   EXPECT_EQ(sum, want);
+}
+
+// Compact fibers (2 KiB stacks, parks through g0) relay values along a
+// chain of unbuffered channels and merge two streams with Select; every
+// value arrives once, in order per stream.
+TEST_P(ChanTest, CompactFibersRelayAndSelect) {
+  const int kStages = 64, kValues = 2000 / kScale;
+  const GoOptions compact{.compact_stack = true};
+  Chan<int> head = MakeChan<int>();
+  Chan<int> in = head;
+  for (int s = 0; s < kStages; ++s) {
+    Chan<int> out = MakeChan<int>();
+    Go(compact, [in, out] {
+      for (int v : in) out.Send(v);
+      out.Close();
+    });
+    in = out;
+  }
+  Chan<int> side = MakeChan<int>(4);
+  Chan<long> merged = MakeChan<long>();
+  Go(compact, [chain = in, side, merged]() mutable {
+    int open = 2;
+    while (open > 0) {
+      std::optional<int> a, b;
+      switch (Select(Recv(chain, &a), Recv(side, &b))) {
+        case 0:
+          if (!a) {
+            chain = Chan<int>();  // nil: never ready again
+            --open;
+          } else {
+            merged.Send(*a);
+          }
+          break;
+        case 1:
+          if (!b) {
+            side = Chan<int>();
+            --open;
+          } else {
+            merged.Send(-long{*b} - 1);
+          }
+          break;
+      }
+    }
+    merged.Close();
+  });
+  Go(compact, [head, side, kValues] {
+    for (int i = 0; i < kValues; ++i) {
+      head.Send(i);
+      side.Send(i);
+    }
+    head.Close();
+    side.Close();
+  });
+  int next_chain = 0, next_side = 0;
+  for (long v : merged) {
+    if (v >= 0) {
+      ASSERT_EQ(v, next_chain++);
+    } else {
+      ASSERT_EQ(-v - 1, next_side++);
+    }
+  }
+  EXPECT_EQ(next_chain, kValues);
+  EXPECT_EQ(next_side, kValues);
 }
 
 // Ping-pong between a fiber and a plain thread.

@@ -124,6 +124,11 @@ std::size_t StackHighWater() {
 // yield, spawning past a full run queue, a park woken from another fiber),
 // and the deepest byte they wrote is found.
 TEST_P(SchedTest, TheRuntimeLeavesMostOfACompactStackToTheFiber) {
+#if defined(__SANITIZE_ADDRESS__)
+  // Painting and scanning below the stack pointer touches the redzones
+  // ASan leaves there; and its frames say nothing about an opt build's.
+  GTEST_SKIP() << "measures the stack use of uninstrumented code";
+#endif
   std::atomic<std::size_t> high_water{0};
   Latch done(1);
   Go({.compact_stack = true}, [&] {
