@@ -4,9 +4,6 @@
 #include <cpuid.h>
 #endif
 
-#include <sched.h>
-#include <ucontext.h>
-
 #include <atomic>
 #include <cstdio>
 #include <cstdlib>
@@ -143,12 +140,42 @@ GORT_TLS_ACCESSOR ThreadState* InitThreadState() {
 }
 }  // namespace
 
+namespace {
+
+// The report of an overrun compact stack runs on the report stack: the
+// fiber's is full, and formatting the message takes a few KiB.
+[[noreturn]] void ReportOverrun(void* arg) {
+  const Fiber* f = static_cast<const Fiber*>(arg);
+  const auto lo = reinterpret_cast<std::uintptr_t>(f->stack().base());
+  fiber_internal::Fatal(
+      "fiber stack overflow: fiber %llu (%s) overran its compact stack "
+      "[0x%llx, 0x%llx) (%zu bytes): the canary at its bottom is overwritten, "
+      "and the stack below it (another fiber's) may be corrupted; give this "
+      "fiber a regular stack",
+      static_cast<unsigned long long>(f->id()),
+      f->name() != nullptr ? f->name() : "unnamed",
+      static_cast<unsigned long long>(lo),
+      static_cast<unsigned long long>(lo + f->stack().size()),
+      f->stack().size());
+}
+
+// Fatal()'s question: is the calling thread on a compact stack too small to
+// format a message (2 KiB; the sanitizers' 16 KiB ones are not)?
+bool OnSmallStack() {
+  const Fiber* f = Fiber::Current();
+  return f->stack().is_compact() && f->stack().size() < 8 * 1024;
+}
+
+}  // namespace
+
 Fiber::Fiber(Stack stack, const char* name)
     : id_(NextId()), name_(name), stack_(std::move(stack)) {
   stack_.SetOwnerId(id_);
   if (stack_.is_compact()) {
     stack_.ArmCanary();
     check_canary_ = true;
+    fiber_internal::g_on_small_stack.store(&OnSmallStack,
+                                           std::memory_order_relaxed);
   }
 #if defined(__SANITIZE_ADDRESS__)
   asan_stack_bottom_ = stack_.base();
@@ -167,44 +194,9 @@ Fiber::Fiber(std::uint64_t id) : id_(id), state_(State::kRunning) {
 
 Fiber::~Fiber() = default;
 
-namespace {
-
-// The report of an overrun compact stack runs on a stack of its own: the
-// fiber's is full, and formatting the message takes a few KiB.
-const Fiber* g_overrun_fiber = nullptr;
-
-[[noreturn]] void ReportOverrun() {
-  const Fiber* f = g_overrun_fiber;
-  const auto lo = reinterpret_cast<std::uintptr_t>(f->stack().base());
-  fiber_internal::Fatal(
-      "fiber stack overflow: fiber %llu (%s) overran its compact stack "
-      "[0x%llx, 0x%llx) (%zu bytes): the canary at its bottom is overwritten, "
-      "and the stack below it (another fiber's) may be corrupted; give this "
-      "fiber a regular stack",
-      static_cast<unsigned long long>(f->id()),
-      f->name() != nullptr ? f->name() : "unnamed",
-      static_cast<unsigned long long>(lo),
-      static_cast<unsigned long long>(lo + f->stack().size()),
-      f->stack().size());
-}
-
-}  // namespace
-
 void Fiber::CheckCanary(const Fiber* from) {
   if (__builtin_expect(from->stack_.CanaryIntact(), 1)) return;
-  // One report per process: a second overrun waits here for the abort.
-  static std::atomic<bool> reporting{false};
-  while (reporting.exchange(true, std::memory_order_acquire)) sched_yield();
-  alignas(16) static char report_stack[64 * 1024];
-  static ucontext_t context;
-  g_overrun_fiber = from;
-  getcontext(&context);
-  context.uc_stack.ss_sp = report_stack;
-  context.uc_stack.ss_size = sizeof(report_stack);
-  context.uc_link = nullptr;
-  makecontext(&context, reinterpret_cast<void (*)()>(&ReportOverrun), 0);
-  setcontext(&context);
-  std::abort();  // setcontext does not return
+  fiber_internal::RunOnReportStack(&ReportOverrun, const_cast<Fiber*>(from));
 }
 
 Fiber* Fiber::Place(Stack stack, const char* name) {

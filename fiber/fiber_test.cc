@@ -1,9 +1,8 @@
 #include "fiber/fiber.h"
-#include "fiber/internal/context.h"
 
+#include <atomic>
 #include <cfenv>
 #include <cstdint>
-#include <atomic>
 #include <exception>
 #include <memory>
 #include <stdexcept>
@@ -11,6 +10,8 @@
 #include <thread>
 #include <vector>
 
+#include "fiber/internal/context.h"
+#include "fiber/internal/fatal.h"
 #include "gtest/gtest.h"
 
 namespace gort {
@@ -530,6 +531,24 @@ TEST(FiberDeathTest, AnOverrunCompactStackIsReportedAtTheNextSwitch) {
       },
       "fatal: fiber stack overflow: fiber [0-9]+ \\(tiny\\) overran its "
       "compact stack \\[0x[0-9a-f]+, 0x[0-9a-f]+\\) \\([0-9]+ bytes\\)");
+}
+
+TEST(FiberDeathTest, AFatalErrorOnACompactFiberIsReportedInFull) {
+  // Formatting takes more than a compact stack holds: Fatal moves to its
+  // report stack.
+  EXPECT_DEATH(
+      {
+        Fiber::Options opts;
+        opts.compact_stack = true;
+        Fiber* f = Fiber::Create(
+            [] {
+              fiber_internal::Fatal("a programming error, %d %s %.3f", 42,
+                                    "in a compact fiber", 2.5);
+            },
+            opts);
+        f->Resume();
+      },
+      "fatal: a programming error, 42 in a compact fiber 2.500");
 }
 
 TEST(FiberDeathTest, ACompactFiberThatRecursesTooDeepIsCaught) {

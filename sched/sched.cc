@@ -1873,7 +1873,15 @@ std::int64_t NumFibers() {
 }
 
 void Exit() {
-  if (CurrentG() == nullptr) Fatal("gort::Exit called outside a fiber");
+  G* g = CurrentG();
+  if (g == nullptr) Fatal("gort::Exit called outside a fiber");
+  if (g->compact_stack) {
+    Fatal(
+        "gort::Exit called by fiber %llu, which runs on a compact stack: "
+        "unwinding needs about 5 KB of stack; start fibers that call "
+        "Exit() without GoOptions::compact_stack",
+        static_cast<unsigned long long>(g->id));
+  }
   throw ExitSignal{};
 }
 

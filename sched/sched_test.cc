@@ -962,5 +962,16 @@ TEST(SchedDeathTest, ExitOutsideAFiberIsFatal) {
   EXPECT_DEATH(Exit(), "fatal: gort::Exit called outside a fiber");
 }
 
+TEST(SchedDeathTest, ExitOnACompactFiberIsFatal) {
+  EXPECT_DEATH(
+      {
+        Latch never(1);
+        Go({.compact_stack = true}, [] { Exit(); });
+        never.Wait();
+      },
+      "fatal: gort::Exit called by fiber [0-9]+, which runs on a compact "
+      "stack");
+}
+
 }  // namespace
 }  // namespace gort
