@@ -224,8 +224,9 @@ void ReleaseStackCache();
 
 // Sets the hard high-water mark: each size class's shared pool keeps at most
 // `stacks` freed stacks resident (plus a slack of max(stacks/2, 16) before it
-// trims). Takes effect immediately. Default 65536: below it, idle stacks are
-// released by TrimIdleStacks().
+// trims); the compact class, whose stacks share pages, keeps as many pages'
+// worth (twice as many stacks). Takes effect immediately. Default 65536:
+// below it, idle stacks are released by TrimIdleStacks().
 void SetStackPoolLimit(std::size_t stacks);
 std::size_t GetStackPoolLimit();
 

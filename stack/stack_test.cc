@@ -327,6 +327,30 @@ TEST(StackTest, PoolTrimsPastTheHighWaterMark) {
   EXPECT_EQ(GetStackStats(false).thread_cached, 0u);
 }
 
+TEST(StackTest, TheCompactPoolKeepsAsManyPagesAsAnyOther) {
+  constexpr std::size_t kLimit = 16;
+  ScopedPoolLimit limit(kLimit);
+  // The compact class's limit counts pages: per page, page / size stacks.
+  const std::size_t per_page = std::max<std::size_t>(1, Page() / kCompactStackSize);
+  const std::size_t scaled = kLimit * per_page;
+  constexpr std::size_t kStacks = 600;
+  std::vector<Stack> stacks;
+  for (std::size_t i = 0; i < kStacks; ++i) {
+    stacks.push_back(Stack::AllocateCompact());
+    static_cast<char*>(stacks.back().top())[-1] = 1;
+  }
+  const StackStats before = GetStackStats(false);
+  stacks.clear();
+  const StackStats after = GetStackStats(false);
+  // The limit, its slack, this thread's cache and a few slots kept for
+  // their page-mates remain.
+  const std::size_t bound = scaled + stack_internal::TrimSlack(scaled) +
+                            stack_internal::kThreadCacheCapacity + 8;
+  EXPECT_LE(after.pooled_resident, before.pooled_resident + bound);
+  EXPECT_GE(after.trimmed_stacks - before.trimmed_stacks, kStacks - bound);
+  ReleaseStackCache();
+}
+
 TEST(StackTest, TrimCoalescesAdjacentStacks) {
   ReleaseStackCache();
   // A size no other test uses: fresh, adjacent slots in carving order.

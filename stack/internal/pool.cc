@@ -140,7 +140,11 @@ class Pool {
   // oldest if the pool is now past its high-water mark.
   void PutBatch(std::uint32_t cls, const std::uintptr_t* tops, std::size_t n) {
     SharedPool& sp = shared_[cls];
-    const std::size_t limit = limit_.load(std::memory_order_relaxed);
+    std::size_t limit = limit_.load(std::memory_order_relaxed);
+    // The limit bounds memory: a compact stack holds a fraction of a page,
+    // so its class keeps as many more (a default-size one holds a page).
+    const std::size_t stride = g_class_info[cls].stride;
+    if (stride < PageSize()) limit *= PageSize() / stride;
     std::vector<std::uintptr_t> victims;
     {
       std::lock_guard<SpinLock> lock(sp.mu);
