@@ -151,7 +151,18 @@ struct TimerHeap {
     Timer* timer;
   };
   std::vector<Entry> heap;
-  std::atomic<std::int64_t> next_when{kNoDeadline};
+  // The earliest `when`, for lock-free looks from every M (RunAllTimers on
+  // each trip through g0): on a line of its own, away from `lock`, which
+  // each park takes, and stored only when it changes, so that a sleeper
+  // added behind the earliest timer does not take the line from readers.
+  alignas(64) std::atomic<std::int64_t> next_when{kNoDeadline};
+
+  void PublishNextWhen() {
+    const std::int64_t when = heap.empty() ? kNoDeadline : heap[0].when;
+    if (next_when.load(std::memory_order_relaxed) != when) {
+      next_when.store(when, std::memory_order_release);
+    }
+  }
 
   // Sift with a hole: each level moves one entry and rewrites its timer's
   // index; the sifted entry is written once, at the end.
@@ -191,7 +202,7 @@ struct TimerHeap {
     t->index = static_cast<int>(heap.size());
     heap.push_back(Entry{t->when, t});
     Up(t->index);
-    next_when.store(heap[0].when, std::memory_order_release);
+    PublishNextWhen();
   }
   void Remove(Timer* t) {
     const int i = t->index;
@@ -203,8 +214,7 @@ struct TimerHeap {
       Down(i);
       Up(i);
     }
-    next_when.store(heap.empty() ? kNoDeadline : heap[0].when,
-                    std::memory_order_release);
+    PublishNextWhen();
   }
 };
 
