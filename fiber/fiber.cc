@@ -161,9 +161,12 @@ namespace {
 
 // Fatal()'s question: is the calling thread on a compact stack too small to
 // format a message (2 KiB; the sanitizers' 16 KiB ones are not)?
+// Reads the thread's state without creating it: a thread that never ran a
+// fiber (the monitor, a plain thread) is not on one.
 bool OnSmallStack() {
-  const Fiber* f = Fiber::Current();
-  return f->stack().is_compact() && f->stack().size() < 8 * 1024;
+  const Fiber* f = fiber_internal::ThreadStateSlot()->current;
+  return f != nullptr && f->stack().is_compact() &&
+         f->stack().size() < 8 * 1024;
 }
 
 }  // namespace
@@ -174,8 +177,11 @@ Fiber::Fiber(Stack stack, const char* name)
   if (stack_.is_compact()) {
     stack_.ArmCanary();
     check_canary_ = true;
-    fiber_internal::g_on_small_stack.store(&OnSmallStack,
-                                           std::memory_order_relaxed);
+    if (fiber_internal::g_on_small_stack.load(std::memory_order_relaxed) ==
+        nullptr) {  // once: every P creates compact fibers
+      fiber_internal::g_on_small_stack.store(&OnSmallStack,
+                                             std::memory_order_relaxed);
+    }
   }
 #if defined(__SANITIZE_ADDRESS__)
   asan_stack_bottom_ = stack_.base();

@@ -3,6 +3,7 @@
 #include <atomic>
 #include <cfenv>
 #include <cstdint>
+#include <cstring>
 #include <exception>
 #include <memory>
 #include <stdexcept>

@@ -246,6 +246,9 @@ struct P {
   std::uint64_t seen_sched = 0, seen_syscall = 0;
   std::int64_t seen_sched_at = 0, seen_syscall_at = 0;
   bool reported_long = false;
+  // StartM's hand-off to the monitor (start_handoff); under sched.lock.
+  P* start_link = nullptr;
+  bool start_spinning = false;
   // RunqPutSlow's half ring on its way to the global queue: here, not on the
   // stack of the fiber that readies a G, which may be a compact one.
   RunQueue<G>::Overflow overflow;  // owner only
@@ -313,6 +316,9 @@ struct Sched {
   std::thread sysmon;
   std::atomic<std::uint32_t> sysmon_note{0};
   std::atomic<bool> sysmon_idle_sleep{false};
+  // Ps whose M the monitor is to start (StartM from a compact fiber),
+  // linked by start_link; under `lock`.
+  P* start_handoff = nullptr;
   std::atomic<int> in_blocking{0};
 };
 
@@ -677,6 +683,7 @@ void MStart(M* m);
 // Starts an M to run p (or an idle P if p is null).
 void StartM(P* p, bool spinning) {
   M* m = nullptr;
+  bool handoff = false;
   {
     std::lock_guard<Lock> l(g_sched->lock);
     if (g_sched->stopping.load(std::memory_order_acquire)) {
@@ -695,6 +702,17 @@ void StartM(P* p, bool spinning) {
     }
     m = MIdleGet();
     if (m == nullptr) {
+      if (G* g = CurrentG(); g != nullptr && g->compact_stack) {
+        // Starting a thread takes more stack than a compact fiber has (and
+        // unwinding a failure far more): the monitor starts it, as Go's
+        // newmHandoff starts Ms for locked threads.
+        p->start_spinning = spinning;
+        p->start_link = g_sched->start_handoff;
+        g_sched->start_handoff = p;
+        handoff = true;
+      }
+    }
+    if (m == nullptr && !handoff) {
       // Failing to start a thread is fatal, as in Go ("newosproc"): this
       // runs under sched.lock, inside Go() and Unpark(), which promise not
       // to throw once the fiber is queued.
@@ -711,11 +729,28 @@ void StartM(P* p, bool spinning) {
       }
       return;
     }
-    // Under the lock: a woken M reads nextp under it (StopM).
-    m->nextp.store(p, std::memory_order_relaxed);
-    m->spinning = spinning;
+    if (!handoff) {
+      // Under the lock: a woken M reads nextp under it (StopM).
+      m->nextp.store(p, std::memory_order_relaxed);
+      m->spinning = spinning;
+    }
   }
-  NoteWakeup(&m->note);
+  NoteWakeup(handoff ? &g_sched->sysmon_note : &m->note);
+}
+
+// Starts the Ms that compact fibers asked for (StartM). Run by the monitor.
+void StartHandedOffMs() {
+  P* p;
+  {
+    std::lock_guard<Lock> l(g_sched->lock);
+    p = std::exchange(g_sched->start_handoff, nullptr);
+  }
+  while (p != nullptr) {
+    P* next = p->start_link;
+    p->start_link = nullptr;
+    StartM(p, p->start_spinning);
+    p = next;
+  }
 }
 
 // Parks the calling M (on g0, without a P) until it is given a P, or until
@@ -1507,6 +1542,7 @@ void SysmonLoop() {
     NoteSleep(&g_sched->sysmon_note, MonoNow() + delay_ns);
     g_sched->sysmon_idle_sleep.store(false, std::memory_order_release);
     if (g_sched->stopping.load(std::memory_order_acquire)) break;
+    StartHandedOffMs();
     std::int64_t now = MonoNow();
     bool acted = false;
     int procs = g_sched->nallp.load(std::memory_order_acquire);

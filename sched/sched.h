@@ -104,8 +104,9 @@ struct GoOptions {
   // the function's own, less about 1 KiB that gort's calls may use. For
   // short, shallow functions only: sleeping, channel and mutex operations,
   // Go(), small computations. NOT for code that throws (unwinding needs
-  // about 5 KB; Exit() throws), formats with printf-family functions, or
-  // recurses. An overrun is fatal, but found only at the fiber's next
+  // about 5 KB; Exit() there is a fatal error), formats with printf-family
+  // functions, or recurses; signal handlers that may run on it must use
+  // SA_ONSTACK. An overrun is fatal, but found only at the fiber's next
   // switch, after it has written into a neighbouring fiber's stack: the
   // price of the memory saved (docs/stack.md).
   bool compact_stack = false;

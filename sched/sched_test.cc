@@ -99,13 +99,13 @@ TEST_P(SchedTest, CompactFibersSleepYieldSpawnAndExit) {
   EXPECT_EQ(compact.load(), n);
 }
 
-// Paints the part of the calling compact fiber's stack below the caller's
-// frame (leaving `margin` bytes for this function's own frame).
-__attribute__((noinline)) void PaintStackBelow(unsigned char* frame,
-                                               std::size_t margin) {
+// Paints the calling compact fiber's stack below this function's own frame
+// (less 128 bytes for memset's), down to the canary.
+__attribute__((noinline)) void PaintFreeStack() {
+  auto* frame = static_cast<unsigned char*>(__builtin_frame_address(0));
   auto* base = static_cast<unsigned char*>(Fiber::Current()->stack().base());
   std::memset(base + kStackCanaryBytes, 0xa5,
-              frame - margin - (base + kStackCanaryBytes));
+              frame - 128 - (base + kStackCanaryBytes));
 }
 
 // Bytes of the calling compact fiber's stack in use at its deepest since it
@@ -116,6 +116,38 @@ std::size_t StackHighWater() {
       static_cast<const unsigned char*>(stack.base()) + kStackCanaryBytes;
   while (*p == 0xa5) ++p;
   return static_cast<const unsigned char*>(stack.top()) - p;
+}
+
+// A compact fiber does not start threads on its stack: the monitor starts
+// the Ms it asks for (whether a given M is started that way or by a
+// spinning M's g0 depends on timing). Every P must get one, or the spinners
+// below, which never yield, wait for each other for ever; and spawning
+// them stays within the compact stack.
+TEST_P(SchedTest, FibersStartedByACompactFiberGetEveryP) {
+  const int n = MaxProcs() - 1;
+  std::atomic<int> running{0};
+  Latch done(n);
+  Latch spawned(1);
+  std::size_t high_water = 0;
+  Go({.compact_stack = true}, [&] {
+    PaintFreeStack();
+    for (int i = 0; i < n; ++i) {
+      Go([&] {
+        running.fetch_add(1);
+        while (running.load() < n) {
+        }
+        done.Done();
+      });
+    }
+    high_water = StackHighWater();
+    spawned.Done();
+  });
+  spawned.Wait();
+  done.Wait();
+  EXPECT_EQ(running.load(), n);
+  std::printf("compact stack high water: %zu of %zu bytes\n", high_water,
+              kCompactStackSize);
+  EXPECT_LE(high_water, kCompactStackSize * 3 / 4);
 }
 
 // What gort itself runs on a compact fiber's stack (its parks go through
@@ -132,8 +164,7 @@ TEST_P(SchedTest, TheRuntimeLeavesMostOfACompactStackToTheFiber) {
   std::atomic<std::size_t> high_water{0};
   Latch done(1);
   Go({.compact_stack = true}, [&] {
-    PaintStackBelow(static_cast<unsigned char*>(__builtin_frame_address(0)),
-                    256);
+    PaintFreeStack();
     Sleep(absl::Microseconds(50));
     Yield();
     Latch children(300);  // more than a run queue holds: RunqPut overflows

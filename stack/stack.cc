@@ -25,10 +25,10 @@ Stack Stack::Allocate(std::size_t size) {
 }
 
 Stack Stack::AllocateCompact() {
-  return AllocateInClass(stack_internal::CompactClass());
+  return AllocateInClass(stack_internal::kCompactClass);
 }
 
-inline Stack Stack::AllocateInClass(std::uint32_t cls) {
+Stack Stack::AllocateInClass(std::uint32_t cls) {
   ThreadState& ts = stack_internal::tls_thread_state;
   if (ABSL_PREDICT_TRUE(cls < stack_internal::kCachedClasses)) {
     ClassCache& cache = ts.caches[cls];

@@ -127,7 +127,8 @@ class Stack {
   // 0 means kDefaultStackSize). Fatal, with a message on stderr, if memory
   // or address space is exhausted or size > kMaxStackSize. The usable region
   // reads as zeros the first time a slot is used; a reused stack holds
-  // whatever its previous user left (or zeros, if it was trimmed).
+  // whatever its previous user left (or zeros, if it was trimmed; a
+  // trimmed compact stack may hold old data if its page-mate was in use).
   static Stack Allocate(std::size_t size = kDefaultStackSize);
 
   // A compact stack: kCompactStackSize usable bytes, packed two to a page in
@@ -161,14 +162,17 @@ class Stack {
     if (bits != 0) Free(bits);
   }
 
-  // The lowest usable byte (just above the guard). Page aligned.
+  // The lowest usable byte (just above the guard). Page aligned; a compact
+  // stack's is kCompactStackSize aligned.
   void* base() const {
     return bits_ == 0 ? nullptr
                       : reinterpret_cast<void*>(top_address() - size());
   }
-  // One past the highest usable byte. Page aligned (so 16-byte aligned).
+  // One past the highest usable byte. Page aligned (kCompactStackSize
+  // aligned for a compact stack): 16-byte aligned in any case.
   void* top() const { return reinterpret_cast<void*>(top_address()); }
-  // Usable bytes: the requested size rounded up to the page size.
+  // Usable bytes: the requested size rounded up to the page size, or
+  // kCompactStackSize.
   std::size_t size() const {
     return bits_ == 0 ? 0 : stack_internal::g_class_info[cls()].usable;
   }

@@ -72,7 +72,8 @@ void Fatal(const char* format, ...) {
   va_start(ap, format);
   bool (*on_small_stack)() = g_on_small_stack.load(std::memory_order_relaxed);
   if (on_small_stack != nullptr && !t_on_report_stack && on_small_stack()) {
-    // The va_list refers to this frame, which stays alive: we never return.
+    // The va_list refers to this frame, which stays alive: we never return
+    // (so neither va_list is ever va_end()ed).
     static thread_local DeferredFatal deferred;
     deferred.format = format;
     va_copy(deferred.ap, ap);

@@ -15,7 +15,10 @@
 //   under ASan, a poisoned usable region. A never-carved slot has owner id 0,
 //   untouched memory and clean shadow.
 // - A trimmed slot has had its usable pages released with MADV_DONTNEED since
-//   it was last handed out; resident slots may still have pages in memory.
+//   it was last handed out (a compact slot: its page, which its page-mate,
+//   reused since, may have faulted back in); resident slots may still have
+//   pages in memory. resident[0, orphans) are compact slots a trim kept
+//   because a page-mate was not in its batch.
 // - resident is in free order (front = least recently freed), so trimming the
 //   front keeps the hottest stacks and taking the back reuses them LIFO.
 // - A ThreadState is in the registry iff its phase is kActive; its caches are
@@ -29,6 +32,7 @@
 #include <sys/mman.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 #include <mutex>
 #include <vector>
@@ -62,7 +66,19 @@ struct SharedPool {
   // resident[0, idle_mark) were already pooled at the last TrimIdle() and
   // have not been handed out since: idle for a whole period.
   std::size_t idle_mark = 0;             // guarded by mu
+  // resident[0, orphans): compact slots a trim kept for their page-mates.
+  std::size_t orphans = 0;  // guarded by mu
 };
+
+// A class's share of a limit given in stacks: the compact class, whose
+// stacks share pages, keeps as many pages' worth (saturating).
+std::size_t ScaledLimit(std::uint32_t cls, std::size_t stacks) {
+  const std::size_t stride = g_class_info[cls].stride;
+  const std::size_t page = PageSize();
+  if (stride >= page) return stacks;
+  const std::size_t per_page = page / stride;
+  return stacks > SIZE_MAX / per_page ? SIZE_MAX : stacks * per_page;
+}
 
 void OnThreadExit(void* arg);
 
@@ -140,17 +156,17 @@ class Pool {
   // oldest if the pool is now past its high-water mark.
   void PutBatch(std::uint32_t cls, const std::uintptr_t* tops, std::size_t n) {
     SharedPool& sp = shared_[cls];
-    std::size_t limit = limit_.load(std::memory_order_relaxed);
-    // The limit bounds memory: a compact stack holds a fraction of a page,
-    // so its class keeps as many more (a default-size one holds a page).
-    const std::size_t stride = g_class_info[cls].stride;
-    if (stride < PageSize()) limit *= PageSize() / stride;
+    const std::size_t limit =
+        ScaledLimit(cls, limit_.load(std::memory_order_relaxed));
     std::vector<std::uintptr_t> victims;
     {
       std::lock_guard<SpinLock> lock(sp.mu);
       sp.resident.insert(sp.resident.end(), tops, tops + n);
       sp.pooled += n;
-      if (sp.resident.size() > limit + TrimSlack(limit)) {
+      // Slots kept for their page-mates do not count: a trim that had to
+      // keep them all would otherwise be retried on every batch.
+      const std::size_t counted = sp.resident.size() - sp.orphans;
+      if (counted > limit && counted - limit > TrimSlack(limit)) {
         TakeOldestLocked(sp, sp.resident.size() - limit, &victims);
       }
     }
@@ -172,6 +188,7 @@ class Pool {
     std::copy(sp.resident.end() - from_resident, sp.resident.end(),
               out + from_trimmed);
     sp.resident.resize(sp.resident.size() - from_resident);
+    sp.orphans = std::min(sp.orphans, sp.resident.size());
     if (sp.idle_mark > sp.resident.size()) sp.idle_mark = sp.resident.size();
     const std::size_t got = from_resident + from_trimmed;
     sp.pooled -= got;
@@ -233,8 +250,9 @@ class Pool {
       std::vector<std::uintptr_t> victims;
       {
         std::lock_guard<SpinLock> lock(sp.mu);
-        if (sp.resident.size() > keep) {
-          TakeOldestLocked(sp, sp.resident.size() - keep, &victims);
+        const std::size_t k = ScaledLimit(cls, keep);
+        if (sp.resident.size() > k) {
+          TakeOldestLocked(sp, sp.resident.size() - k, &victims);
         }
       }
       if (!victims.empty()) TrimAndStore(cls, &victims);
@@ -255,7 +273,8 @@ class Pool {
         std::lock_guard<SpinLock> lock(sp.mu);
         const std::size_t size = sp.resident.size();
         const std::size_t idle = std::min(sp.idle_mark, size);
-        const std::size_t excess = size > keep ? size - keep : 0;
+        const std::size_t k_keep = ScaledLimit(cls, keep);
+        const std::size_t excess = size > k_keep ? size - k_keep : 0;
         const std::size_t k = std::min(idle, excess);
         if (k > 0) TakeOldestLocked(sp, k, &victims);
         sp.idle_mark = sp.resident.size();
@@ -280,8 +299,10 @@ class Pool {
   Pool() {
     InitGuards();
     g_page_size_for_classes = PageSize();
-    // Class 0; no other thread can see us.
+    // Classes 0 and 1 (a class costs no memory before its first slab); no
+    // other thread can see us.
     CreateClassLocked(kDefaultSize, /*compact=*/false);
+    CreateClassLocked(kCompactSize, /*compact=*/true);
     if (pthread_key_create(&key_, OnThreadExit) != 0) {
       StackFatal("pthread_key_create failed");
     }
@@ -319,6 +340,7 @@ class Pool {
                                std::vector<std::uintptr_t>* victims) {
     victims->assign(sp.resident.begin(), sp.resident.begin() + k);
     sp.resident.erase(sp.resident.begin(), sp.resident.begin() + k);
+    sp.orphans = sp.orphans > k ? sp.orphans - k : 0;
     sp.idle_mark = sp.idle_mark > k ? sp.idle_mark - k : 0;
   }
 
@@ -371,6 +393,7 @@ class Pool {
     sp.trimmed.insert(sp.trimmed.end(), v.begin(), v.end());
     if (!orphans.empty()) {
       sp.resident.insert(sp.resident.begin(), orphans.begin(), orphans.end());
+      sp.orphans += orphans.size();
       sp.idle_mark += orphans.size();
     }
   }
@@ -436,12 +459,6 @@ std::uint32_t ClassForSize(std::size_t size) {
   const std::size_t page = PageSize();
   return pool.FindOrCreateClass((size + page - 1) & ~(page - 1),
                                 /*compact=*/false);
-}
-
-std::uint32_t CompactClass() {
-  static const std::uint32_t cls =
-      Pool::Get().FindOrCreateClass(kCompactSize, /*compact=*/true);
-  return cls;
 }
 
 void PrefaultSlots(std::uint32_t cls, const std::uintptr_t* tops,

@@ -88,9 +88,6 @@ extern constinit thread_local ThreadState tls_thread_state;
 // kMaxStackSize (stack.h) or when kMaxSizeClasses classes exist.
 std::uint32_t ClassForSize(std::size_t size);
 
-// The compact class (stack.h: Stack::AllocateCompact), created on first use.
-std::uint32_t CompactClass();
-
 // Makes the top pages of n stacks of class `cls` resident (PrefaultTops),
 // page-rounded for the compact class.
 void PrefaultSlots(std::uint32_t cls, const std::uintptr_t* tops,

@@ -26,16 +26,17 @@ namespace gort::stack_internal {
 inline constexpr std::size_t kSlabBytes = std::size_t{1} << 30;
 
 // At most this many distinct stack sizes. The class index is stored in the
-// low bits of a Stack's top pointer (which is page aligned), so it must stay
-// below the smallest page size.
+// low bits of a Stack's top pointer (a multiple of the page, or of
+// kCompactSize for compact stacks), so it must stay below both.
 inline constexpr std::uint32_t kMaxSizeClasses = 64;
 inline constexpr std::uintptr_t kClassMask = kMaxSizeClasses - 1;
 static_assert((kMaxSizeClasses & (kMaxSizeClasses - 1)) == 0);
-static_assert(kMaxSizeClasses <= 4096);
 
-// Class 0 is always the default size; stack.h's kDefaultStackSize,
-// kMaxStackSize and kStackGuardSize restate these values for users.
+// Class 0 is always the default size, class 1 the compact class; stack.h's
+// kDefaultStackSize, kMaxStackSize and kStackGuardSize restate these values
+// for users.
 inline constexpr std::uint32_t kDefaultClass = 0;
+inline constexpr std::uint32_t kCompactClass = 1;
 inline constexpr std::size_t kDefaultSize = 256 * 1024;
 inline constexpr std::size_t kMaxSize = 256 * 1024 * 1024;
 inline constexpr std::size_t kMinGuardSize = 64 * 1024;
@@ -48,6 +49,7 @@ inline constexpr std::size_t kCompactSize = 16 * 1024;
 #else
 inline constexpr std::size_t kCompactSize = 2 * 1024;
 #endif
+static_assert(kMaxSizeClasses <= kCompactSize);
 // The canary at the bottom of a compact stack, and the value of its words.
 inline constexpr std::size_t kCanaryBytes = 64;
 inline constexpr std::uint64_t kCanaryWord = 0x9e3779b97f4a7c15;
@@ -96,19 +98,23 @@ inline std::atomic<std::uint64_t>* OwnerCell(std::uintptr_t top,
 // The canary of the compact stack whose lowest usable byte is `base`: its
 // words hold kCanaryWord mixed with their own address, so that a copy of a
 // canary moved elsewhere on the stack does not pass for an intact one.
-inline void ArmCanary(void* base) {
+// Not instrumented by ASan: frames that overran the stack may have left
+// their redzones' poison there, and the overrun is ours to report.
+__attribute__((no_sanitize("address"))) inline void ArmCanary(void* base) {
   auto* w = static_cast<std::uint64_t*>(base);
   const auto b = reinterpret_cast<std::uint64_t>(base);
-  for (std::size_t i = 0; i < kCanaryBytes / 8; ++i)
-    w[i] = kCanaryWord ^ (b + i);
+  for (std::size_t i = 0; i < kCanaryBytes / 8; ++i) {
+    w[i] = kCanaryWord ^ (b + 8 * i);
+  }
 }
 
-inline bool CanaryIntact(const void* base) {
+__attribute__((no_sanitize("address"))) inline bool CanaryIntact(
+    const void* base) {
   const auto* w = static_cast<const std::uint64_t*>(base);
   const auto b = reinterpret_cast<std::uint64_t>(base);
   std::uint64_t diff = 0;
   for (std::size_t i = 0; i < kCanaryBytes / 8; ++i) {
-    diff |= w[i] ^ (kCanaryWord ^ (b + i));
+    diff |= w[i] ^ (kCanaryWord ^ (b + 8 * i));
   }
   return diff == 0;
 }
