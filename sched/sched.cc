@@ -629,7 +629,7 @@ void PrefetchParkedStack(G* g) {
 }
 
 // Fires p's expired timers. Returns true if any fired. Any M may call it.
-bool RunTimers(P* p, std::int64_t now) {
+bool RunTimers(P* p, std::int64_t now, int budget = 64) {
   if (p->timers.next_when.load(std::memory_order_acquire) > now) return false;
   struct Fired {
     Parker* parker;
@@ -639,7 +639,7 @@ bool RunTimers(P* p, std::int64_t now) {
   int n = 0;
   {
     std::lock_guard<Lock> l(p->timers.lock);
-    while (n < 64 && !p->timers.heap.empty() &&
+    while (n < budget && !p->timers.heap.empty() &&
            p->timers.heap[0].when <= now) {
       Timer* t = p->timers.heap[0].timer;
       p->timers.Remove(t);
@@ -669,10 +669,10 @@ std::int64_t EarliestTimer() {
   return when;
 }
 
-bool RunAllTimers(std::int64_t now) {
+bool RunAllTimers(std::int64_t now, int budget = 64) {
   bool any = false;
   int n = g_sched->nallp.load(std::memory_order_acquire);
-  for (int i = 0; i < n; ++i) any |= RunTimers(g_sched->allp[i], now);
+  for (int i = 0; i < n; ++i) any |= RunTimers(g_sched->allp[i], now, budget);
   return any;
 }
 
@@ -894,8 +894,16 @@ top:
     if (RetireP(p, m)) goto nop;
   }
   {
+    // Due timers are fired into this P's ring while it has room: under
+    // overload the backlog then waits in the timer heaps, in deadline
+    // order, instead of overflowing to the global queue, which a busy P
+    // serves one G per 61 schedules while newer readies go first. (A P
+    // whose ring stays full still has its timers fired by idle Ms and, past
+    // 1 ms overdue, by the monitor.)
+    const int room = static_cast<int>(RunQueue<G>::capacity()) -
+                     static_cast<int>(p->runq.local().Size());
     std::int64_t now = MonoNow();
-    RunAllTimers(now);
+    if (room > 16) RunAllTimers(now, std::min(64, room / 2));
     if ((p->schedtick + 1) % kGlobalQueueTick == 0 &&
         g_sched->runq_size.load(std::memory_order_relaxed) > 0) {
       std::lock_guard<Lock> l(g_sched->lock);
@@ -962,10 +970,18 @@ nop:
   }
   for (;;) {
     // Sleep until given a P; the first M to sleep while timers are pending
-    // sleeps only until the earliest one (Go's netpoll(delay) role).
+    // and a P is idle sleeps only until the earliest one (Go's
+    // netpoll(delay) role). With every P busy, the Ps fire their own timers
+    // (on each trip through g0, or every 61st schedule; the monitor those a
+    // P stuck in one fiber leaves overdue): an M without a P that fired
+    // them put every G they woke on the global queue, behind newer work,
+    // and went straight back to the next due timer, which kept the heaps
+    // drained into that queue under load (2026-11-28: 100 ms sleepers on
+    // compact stacks woke up to 300 ms late).
     std::int64_t until = EarliestTimer();
     M* expected = nullptr;
     bool sleeper = until != kNoDeadline &&
+                   g_sched->npidle.load(std::memory_order_acquire) > 0 &&
                    g_sched->timer_sleeper.compare_exchange_strong(expected, m);
     if (sleeper) {
       g_sched->timer_sleeper_until.store(until, std::memory_order_release);
@@ -979,9 +995,8 @@ nop:
     }
     if (g_sched->stopping.load(std::memory_order_acquire)) return nullptr;
     if (got_p) goto top;
-    // Timed out: timers are due. Fire them; readied Gs go to the global
-    // queue (we have no P), and WakeP starts an M for them.
-    RunAllTimers(MonoNow());
+    // Timed out: timers are due. Take an idle P and fire them into its
+    // queue (FindRunnable); with none idle, the busy Ps will.
     P* p2;
     {
       std::lock_guard<Lock> l(g_sched->lock);
