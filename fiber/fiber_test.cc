@@ -515,53 +515,42 @@ TEST(FiberDeathTest, StackOverflowIsReported) {
       "fatal: fiber stack overflow: fiber [0-9]+");
 }
 
+// Runs fn on a new compact fiber called `name`, for the death tests below.
+template <typename F>
+void RunOnACompactFiber(F fn, const char* name = nullptr) {
+  Fiber::Options opts;
+  opts.compact_stack = true;
+  opts.name = name;
+  Fiber::Create(std::move(fn), opts)->Resume();
+}
+
 TEST(FiberDeathTest, AnOverrunCompactStackIsReportedAtTheNextSwitch) {
-  EXPECT_DEATH(
-      {
-        Fiber::Options opts;
-        opts.compact_stack = true;
-        opts.name = "tiny";
-        Fiber* f = Fiber::Create(
-            [] {
-              // What a frame too deep for the stack leaves behind.
-              std::memset(Fiber::Current()->stack().base(), 0, 16);
-              Fiber::Suspend();
-            },
-            opts);
-        f->Resume();
-      },
-      "fatal: fiber stack overflow: fiber [0-9]+ \\(tiny\\) overran its "
-      "compact stack \\[0x[0-9a-f]+, 0x[0-9a-f]+\\) \\([0-9]+ bytes\\)");
+  EXPECT_DEATH(RunOnACompactFiber(
+                   [] {
+                     // What a frame too deep for the stack leaves behind.
+                     std::memset(Fiber::Current()->stack().base(), 0, 16);
+                     Fiber::Suspend();
+                   },
+                   "tiny"),
+               "fatal: fiber stack overflow: fiber [0-9]+ \\(tiny\\) overran "
+               "its compact stack \\[0x[0-9a-f]+, 0x[0-9a-f]+\\) \\([0-9]+ "
+               "bytes\\)");
 }
 
 TEST(FiberDeathTest, AFatalErrorOnACompactFiberIsReportedInFull) {
   // Formatting takes more than a compact stack holds: Fatal moves to its
   // report stack.
-  EXPECT_DEATH(
-      {
-        Fiber::Options opts;
-        opts.compact_stack = true;
-        Fiber* f = Fiber::Create(
-            [] {
-              fiber_internal::Fatal("a programming error, %d %s %.3f", 42,
-                                    "in a compact fiber", 2.5);
-            },
-            opts);
-        f->Resume();
-      },
-      "fatal: a programming error, 42 in a compact fiber 2.500");
+  EXPECT_DEATH(RunOnACompactFiber([] {
+                 fiber_internal::Fatal("a programming error, %d %s %.3f", 42,
+                                       "in a compact fiber", 2.5);
+               }),
+               "fatal: a programming error, 42 in a compact fiber 2.500");
 }
 
 TEST(FiberDeathTest, ACompactFiberThatRecursesTooDeepIsCaught) {
-  EXPECT_DEATH(
-      {
-        Fiber::Options opts;
-        opts.compact_stack = true;
-        Fiber* f = Fiber::Create(
-            [] { RecurseWritingFrames(2 * kCompactStackSize / 48); }, opts);
-        f->Resume();
-      },
-      "fatal: fiber stack overflow: fiber [0-9]+");
+  EXPECT_DEATH(RunOnACompactFiber(
+                   [] { RecurseWritingFrames(2 * kCompactStackSize / 48); }),
+               "fatal: fiber stack overflow: fiber [0-9]+");
 }
 
 TEST(FiberDeathTest, DestroyingSuspendedFiberIsFatal) {
