@@ -317,8 +317,9 @@ struct Sched {
   std::atomic<std::uint32_t> sysmon_note{0};
   std::atomic<bool> sysmon_idle_sleep{false};
   // Ps whose M the monitor is to start (StartM from a compact fiber),
-  // linked by start_link; under `lock`.
-  P* start_handoff = nullptr;
+  // linked by start_link; written under `lock` (read without it only to
+  // see that it is empty).
+  std::atomic<P*> start_handoff{nullptr};
   std::atomic<int> in_blocking{0};
 };
 
@@ -629,8 +630,10 @@ void PrefetchParkedStack(G* g) {
 }
 
 // Fires p's expired timers. Returns true if any fired. Any M may call it.
-bool RunTimers(P* p, std::int64_t now, int budget = 64) {
-  if (p->timers.next_when.load(std::memory_order_acquire) > now) return false;
+// Fires up to `budget` (at most 64) of p's due timers; returns how many.
+int RunTimers(P* p, std::int64_t now, int budget = 64) {
+  if (p->timers.next_when.load(std::memory_order_acquire) > now) return 0;
+  budget = std::min(budget, 64);
   struct Fired {
     Parker* parker;
     std::uint64_t seq;
@@ -656,7 +659,7 @@ bool RunTimers(P* p, std::int64_t now, int budget = 64) {
       ReadyG(g, /*next=*/false);
     }
   }
-  return n > 0;
+  return n;
 }
 
 std::int64_t EarliestTimer() {
@@ -669,11 +672,28 @@ std::int64_t EarliestTimer() {
   return when;
 }
 
-bool RunAllTimers(std::int64_t now, int budget = 64) {
-  bool any = false;
-  int n = g_sched->nallp.load(std::memory_order_acquire);
-  for (int i = 0; i < n; ++i) any |= RunTimers(g_sched->allp[i], now, budget);
-  return any;
+// How many due timers to fire into a ring holding `size` Gs: half the free
+// room (none when 16 slots or fewer are left), so that under overload the
+// backlog waits in the timer heaps, in deadline order, instead of
+// overflowing to the global queue.
+int TimerBudget(std::uint32_t size) {
+  const int room =
+      static_cast<int>(RunQueue<G>::capacity()) - static_cast<int>(size);
+  return room > 16 ? room / 2 : 0;
+}
+
+// Fires due timers of every P, `budget` in all (64 per P at most), starting
+// at P `start` mod the P count (callers vary it, so that no P is always
+// served last). Whether any fired.
+bool RunAllTimers(std::int64_t now, int budget = 1 << 30,
+                  std::uint32_t start = 0) {
+  const int n = g_sched->nallp.load(std::memory_order_acquire);
+  const int first = static_cast<int>(start % static_cast<std::uint32_t>(n));
+  int fired = 0;
+  for (int k = 0; k < n && fired < budget; ++k) {
+    fired += RunTimers(g_sched->allp[(first + k) % n], now, budget - fired);
+  }
+  return fired > 0;
 }
 
 // --- Ms ------------------------------------------------------------------------
@@ -707,8 +727,8 @@ void StartM(P* p, bool spinning) {
         // unwinding a failure far more): the monitor starts it, as Go's
         // newmHandoff starts Ms for locked threads.
         p->start_spinning = spinning;
-        p->start_link = g_sched->start_handoff;
-        g_sched->start_handoff = p;
+        p->start_link = g_sched->start_handoff.load(std::memory_order_relaxed);
+        g_sched->start_handoff.store(p, std::memory_order_relaxed);
         handoff = true;
       }
     }
@@ -740,10 +760,13 @@ void StartM(P* p, bool spinning) {
 
 // Starts the Ms that compact fibers asked for (StartM). Run by the monitor.
 void StartHandedOffMs() {
+  if (g_sched->start_handoff.load(std::memory_order_relaxed) == nullptr) {
+    return;
+  }
   P* p;
   {
     std::lock_guard<Lock> l(g_sched->lock);
-    p = std::exchange(g_sched->start_handoff, nullptr);
+    p = g_sched->start_handoff.exchange(nullptr, std::memory_order_relaxed);
   }
   while (p != nullptr) {
     P* next = p->start_link;
@@ -783,14 +806,19 @@ void HandoffP(P* p);
 // A retired P's timers move to P 0 (never retired).
 void MoveTimersToP0(P* p) {
   P* p0 = g_sched->allp[0];
-  std::lock_guard<Lock> lt0(p0->timers.lock);
-  std::lock_guard<Lock> lt(p->timers.lock);
-  while (!p->timers.heap.empty()) {
-    Timer* t = p->timers.heap.back().timer;
-    p->timers.Remove(t);
-    t->p.store(p0, std::memory_order_relaxed);  // both heaps locked
-    p0->timers.Add(t);
+  {
+    std::lock_guard<Lock> lt0(p0->timers.lock);
+    std::lock_guard<Lock> lt(p->timers.lock);
+    while (!p->timers.heap.empty()) {
+      Timer* t = p->timers.heap.back().timer;
+      p->timers.Remove(t);
+      t->p.store(p0, std::memory_order_relaxed);  // both heaps locked
+      p0->timers.Add(t);
+    }
   }
+  // An M sleeping until a later deadline (its scan may have missed these
+  // timers while they moved) must recompute.
+  WakeTimerSleeper(p0->timers.next_when.load(std::memory_order_relaxed));
 }
 
 bool PRetired(P* p) {
@@ -868,7 +896,7 @@ G* StealWork(M* m) {
       }
       if (G* g = thief.StealInto(local, last)) return g;
     }
-    if (RunAllTimers(MonoNow())) {
+    if (RunAllTimers(MonoNow(), TimerBudget(local.Size()), FastRand(m))) {
       if (G* g = local.Pop()) return g;
     }
   }
@@ -900,10 +928,12 @@ top:
     // serves one G per 61 schedules while newer readies go first. (A P
     // whose ring stays full still has its timers fired by idle Ms and, past
     // 1 ms overdue, by the monitor.)
-    const int room = static_cast<int>(RunQueue<G>::capacity()) -
-                     static_cast<int>(p->runq.local().Size());
     std::int64_t now = MonoNow();
-    if (room > 16) RunAllTimers(now, std::min(64, room / 2));
+    int budget = TimerBudget(p->runq.local().Size());
+    // A full ring still takes a few timers more than 1 ms overdue, so that
+    // runnable fibers that keep it full cannot hold sleepers back for long.
+    if (budget == 0 && EarliestTimer() < now - 1'000'000) budget = 8;
+    if (budget > 0) RunAllTimers(now, budget, p->schedtick);
     if ((p->schedtick + 1) % kGlobalQueueTick == 0 &&
         g_sched->runq_size.load(std::memory_order_relaxed) > 0) {
       std::lock_guard<Lock> l(g_sched->lock);
@@ -1554,7 +1584,17 @@ void SysmonLoop() {
   while (!g_sched->stopping.load(std::memory_order_acquire)) {
     bool long_sleep = delay_ns >= 1'000'000;
     g_sched->sysmon_idle_sleep.store(long_sleep, std::memory_order_release);
-    NoteSleep(&g_sched->sysmon_note, MonoNow() + delay_ns);
+    std::int64_t wake = MonoNow() + delay_ns;
+    if (g_sched->timer_sleeper.load(std::memory_order_acquire) == nullptr) {
+      // No M sleeps on the timers (every P busy): be there when the
+      // earliest is 1 ms overdue (Go's sysmon sleeps until timeSleepUntil).
+      const std::int64_t t = EarliestTimer();
+      if (t != kNoDeadline) {
+        wake =
+            std::min(wake, std::max(wake - delay_ns + 20'000, t + 1'000'001));
+      }
+    }
+    NoteSleep(&g_sched->sysmon_note, wake);
     g_sched->sysmon_idle_sleep.store(false, std::memory_order_release);
     if (g_sched->stopping.load(std::memory_order_acquire)) break;
     StartHandedOffMs();
@@ -1623,15 +1663,26 @@ void SysmonLoop() {
       TrimIdleStacks();
       next_stack_trim = now + 1'000'000'000;
     }
-    // Overdue timers with nobody to run them: their Ps may all be busy in
-    // fibers that reach no scheduling point, with no P idle to start. Fire
-    // them here: ReadyG, with no M, puts the Gs they wake on the global
-    // queue, which every busy P looks at within 61 schedules, and wakes an
-    // idle P if there is one.
-    if (EarliestTimer() < now - 1'000'000 &&
-        g_sched->timer_sleeper.load(std::memory_order_acquire) == nullptr &&
-        RunAllTimers(now)) {
-      acted = true;
+    // Timers over 1 ms overdue that nobody will fire: no M sleeps on them,
+    // and their P has been held by one fiber for that long (gort cannot
+    // preempt it), or is idle. Fire them here: ReadyG, with no M, puts the
+    // Gs they wake on the global queue, which every busy P looks at within
+    // 61 schedules, and wakes an idle P if there is one. A P that keeps
+    // scheduling fires its own (and others') on its trips through g0;
+    // firing those here too put every overdue sleeper on the global queue
+    // whenever both Ps were merely busy, behind newer work.
+    if (g_sched->timer_sleeper.load(std::memory_order_acquire) == nullptr) {
+      for (int i = 0; i < procs; ++i) {
+        P* p = g_sched->allp[i];
+        if (p->timers.next_when.load(std::memory_order_relaxed) >=
+            now - 1'000'000) {
+          continue;
+        }
+        const int st = p->status.load(std::memory_order_acquire);
+        const bool stuck = st == kPRunning && p->seen_sched_at != 0 &&
+                           now - p->seen_sched_at >= 1'000'000;
+        if ((stuck || st == kPIdle) && RunTimers(p, now) > 0) acted = true;
+      }
     }
     if (now >= next_trace) {
       SchedStats s = GetSchedStats();
