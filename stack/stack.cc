@@ -18,16 +18,8 @@ namespace gort {
 using stack_internal::ClassCache;
 using stack_internal::ThreadState;
 
-Stack Stack::Allocate(std::size_t size) {
-  return AllocateInClass(ABSL_PREDICT_TRUE(size == kDefaultStackSize)
-                             ? stack_internal::kDefaultClass
-                             : stack_internal::ClassForSize(size));
-}
-
-Stack Stack::AllocateCompact() {
-  return AllocateInClass(stack_internal::kCompactClass);
-}
-
+// Inline (declared so in stack.h, used only here): the allocation fast path
+// stays one function, as it was before there were two entry points.
 Stack Stack::AllocateInClass(std::uint32_t cls) {
   ThreadState& ts = stack_internal::tls_thread_state;
   if (ABSL_PREDICT_TRUE(cls < stack_internal::kCachedClasses)) {
@@ -41,6 +33,16 @@ Stack Stack::AllocateInClass(std::uint32_t cls) {
     }
   }
   return Stack(stack_internal::AllocateSlow(ts, cls) | cls);
+}
+
+Stack Stack::Allocate(std::size_t size) {
+  return AllocateInClass(ABSL_PREDICT_TRUE(size == kDefaultStackSize)
+                             ? stack_internal::kDefaultClass
+                             : stack_internal::ClassForSize(size));
+}
+
+Stack Stack::AllocateCompact() {
+  return AllocateInClass(stack_internal::kCompactClass);
 }
 
 void Stack::Free(std::uintptr_t bits) {

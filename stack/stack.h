@@ -180,7 +180,7 @@ class Stack {
 
   // True for a stack from AllocateCompact(): no guard, a canary instead.
   bool is_compact() const {
-    return bits_ != 0 && stack_internal::g_class_info[cls()].compact;
+    return bits_ != 0 && cls() == stack_internal::kCompactClass;
   }
 
   // Compact stacks only: writes the canary at the bottom of the stack.
@@ -209,7 +209,8 @@ class Stack {
   std::uint32_t cls() const {
     return static_cast<std::uint32_t>(bits_ & stack_internal::kClassMask);
   }
-  static Stack AllocateInClass(std::uint32_t cls);
+  // Defined in stack.cc, the only place it is used.
+  static inline Stack AllocateInClass(std::uint32_t cls);
   static void Free(std::uintptr_t bits);
 
   std::uintptr_t bits_ = 0;  // top | size class; 0 when empty

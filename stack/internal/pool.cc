@@ -96,23 +96,18 @@ class Pool {
     return g_class_count.load(std::memory_order_acquire);
   }
 
-  std::uint32_t FindOrCreateClass(std::size_t usable, bool compact) {
+  // A guarded class of `usable` bytes (never the compact class).
+  std::uint32_t FindOrCreateClass(std::size_t usable) {
     const std::uint32_t n = ClassCount();
     for (std::uint32_t i = 0; i < n; ++i) {
-      if (g_class_info[i].usable == usable &&
-          g_class_info[i].compact == compact) {
-        return i;
-      }
+      if (i != kCompactClass && g_class_info[i].usable == usable) return i;
     }
     std::lock_guard<std::mutex> lock(class_mu_);
     const std::uint32_t m = g_class_count.load(std::memory_order_relaxed);
     for (std::uint32_t i = n; i < m; ++i) {
-      if (g_class_info[i].usable == usable &&
-          g_class_info[i].compact == compact) {
-        return i;
-      }
+      if (g_class_info[i].usable == usable) return i;
     }
-    return CreateClassLocked(usable, compact);
+    return CreateClassLocked(usable, /*compact=*/false);
   }
 
   SharedPool& shared(std::uint32_t cls) { return shared_[cls]; }
@@ -318,7 +313,6 @@ class Pool {
     const std::size_t page = PageSize();
     ClassInfo& ci = g_class_info[n];
     ci.usable = usable;
-    ci.compact = compact;
     ci.guard = compact ? 0 : GuardBytes();
     ci.stride = ci.guard + usable;
     const std::size_t upper = kSlabBytes / ci.stride;
@@ -446,9 +440,7 @@ std::uint32_t ClassForSize(std::size_t size) {
     const std::size_t rounded = (size + page - 1) & ~(page - 1);
     for (std::uint32_t i = 0; i < n; ++i) {
       // Never for 0; never the compact class.
-      if (g_class_info[i].usable == rounded && !g_class_info[i].compact) {
-        return i;
-      }
+      if (i != kCompactClass && g_class_info[i].usable == rounded) return i;
     }
   }
   Pool& pool = Pool::Get();
@@ -457,13 +449,12 @@ std::uint32_t ClassForSize(std::size_t size) {
     StackFatal("fiber stack size %zu exceeds the maximum %zu", size, kMaxSize);
   }
   const std::size_t page = PageSize();
-  return pool.FindOrCreateClass((size + page - 1) & ~(page - 1),
-                                /*compact=*/false);
+  return pool.FindOrCreateClass((size + page - 1) & ~(page - 1));
 }
 
 void PrefaultSlots(std::uint32_t cls, const std::uintptr_t* tops,
                    std::size_t n) {
-  if (!g_class_info[cls].compact) {
+  if (cls != kCompactClass) {
     PrefaultTops(tops, n, kPrefaultBytes);
     return;
   }

@@ -74,9 +74,6 @@ struct ClassInfo {
   std::size_t slots;      // stacks per slab
   unsigned stride_shift;  // stride == stride_odd << stride_shift
   std::uint64_t stride_odd_inverse;  // stride_odd * inverse == 1 (mod 2^64)
-  // The compact class: no guard, slots packed (two to a 4 KiB page), a
-  // canary at the bottom of each stack instead (see stack.h).
-  bool compact;
 };
 
 extern ClassInfo g_class_info[kMaxSizeClasses];
