@@ -629,8 +629,8 @@ void PrefetchParkedStack(G* g) {
   }
 }
 
-// Fires p's expired timers. Returns true if any fired. Any M may call it.
 // Fires up to `budget` (at most 64) of p's due timers; returns how many.
+// Any M may call it.
 int RunTimers(P* p, std::int64_t now, int budget = 64) {
   if (p->timers.next_when.load(std::memory_order_acquire) > now) return 0;
   budget = std::min(budget, 64);
@@ -721,18 +721,16 @@ void StartM(P* p, bool spinning) {
       }
     }
     m = MIdleGet();
-    if (m == nullptr) {
-      if (G* g = CurrentG(); g != nullptr && g->compact_stack) {
-        // Starting a thread takes more stack than a compact fiber has (and
-        // unwinding a failure far more): the monitor starts it, as Go's
-        // newmHandoff starts Ms for locked threads.
-        p->start_spinning = spinning;
-        p->start_link = g_sched->start_handoff.load(std::memory_order_relaxed);
-        g_sched->start_handoff.store(p, std::memory_order_relaxed);
-        handoff = true;
-      }
-    }
-    if (m == nullptr && !handoff) {
+    const G* g = m == nullptr ? CurrentG() : nullptr;
+    if (g != nullptr && g->compact_stack) {
+      // Starting a thread takes more stack than a compact fiber has (and
+      // unwinding a failure far more): the monitor starts it, as Go's
+      // newmHandoff starts Ms for locked threads.
+      p->start_spinning = spinning;
+      p->start_link = g_sched->start_handoff.load(std::memory_order_relaxed);
+      g_sched->start_handoff.store(p, std::memory_order_relaxed);
+      handoff = true;
+    } else if (m == nullptr) {
       // Failing to start a thread is fatal, as in Go ("newosproc"): this
       // runs under sched.lock, inside Go() and Unpark(), which promise not
       // to throw once the fiber is queued.
@@ -748,8 +746,7 @@ void StartM(P* p, bool spinning) {
         Fatal("gort: cannot start a thread for the scheduler: %s", e.what());
       }
       return;
-    }
-    if (!handoff) {
+    } else {
       // Under the lock: a woken M reads nextp under it (StopM).
       m->nextp.store(p, std::memory_order_relaxed);
       m->spinning = spinning;
@@ -922,16 +919,11 @@ top:
     if (RetireP(p, m)) goto nop;
   }
   {
-    // Due timers are fired into this P's ring while it has room: under
-    // overload the backlog then waits in the timer heaps, in deadline
-    // order, instead of overflowing to the global queue, which a busy P
-    // serves one G per 61 schedules while newer readies go first. (A P
-    // whose ring stays full still has its timers fired by idle Ms and, past
-    // 1 ms overdue, by the monitor.)
+    // Due timers go into this P's ring while it has room (TimerBudget). A
+    // full ring still takes a few once one is over 1 ms overdue, so that
+    // runnable fibers that keep it full cannot hold sleepers back for long.
     std::int64_t now = MonoNow();
     int budget = TimerBudget(p->runq.local().Size());
-    // A full ring still takes a few timers more than 1 ms overdue, so that
-    // runnable fibers that keep it full cannot hold sleepers back for long.
     if (budget == 0 && EarliestTimer() < now - 1'000'000) budget = 8;
     if (budget > 0) RunAllTimers(now, budget, p->schedtick);
     if ((p->schedtick + 1) % kGlobalQueueTick == 0 &&
@@ -1584,14 +1576,15 @@ void SysmonLoop() {
   while (!g_sched->stopping.load(std::memory_order_acquire)) {
     bool long_sleep = delay_ns >= 1'000'000;
     g_sched->sysmon_idle_sleep.store(long_sleep, std::memory_order_release);
-    std::int64_t wake = MonoNow() + delay_ns;
+    const std::int64_t before = MonoNow();
+    std::int64_t wake = before + delay_ns;
     if (g_sched->timer_sleeper.load(std::memory_order_acquire) == nullptr) {
       // No M sleeps on the timers (every P busy): be there when the
-      // earliest is 1 ms overdue (Go's sysmon sleeps until timeSleepUntil).
+      // earliest is 1 ms overdue (Go's sysmon sleeps until timeSleepUntil),
+      // but not sooner than the shortest period.
       const std::int64_t t = EarliestTimer();
       if (t != kNoDeadline) {
-        wake =
-            std::min(wake, std::max(wake - delay_ns + 20'000, t + 1'000'001));
+        wake = std::min(wake, std::max(before + 20'000, t + 1'000'001));
       }
     }
     NoteSleep(&g_sched->sysmon_note, wake);
