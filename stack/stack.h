@@ -56,6 +56,11 @@
 // runs code on these stacks needs an alternate signal stack for the handler to
 // run on; Allocate() and PrepareThreadForStacks() give the calling thread one.
 //
+// Compact stacks (AllocateCompact): an opt-in class of 2 KiB stacks, two to
+// a page, with NO guard: a canary at the bottom, which the user (//fiber, at
+// every switch) checks, finds an overrun only after it has written into the
+// stack below. Same pool, same threading rules.
+//
 // Sanitizers: under ASan a stack's memory is poisoned while it is pooled.
 
 #ifndef GORT_STACK_STACK_H_
