@@ -140,8 +140,8 @@ static_assert(offsetof(G, task_storage) + 24 <= 64 &&
 #pragma GCC diagnostic pop
 
 // A P's timers: a 4-ary min-heap on `when` (as Go's: half the depth of a
-// binary heap, and a node's four children share a cache line), guarded by
-// `lock`.
+// binary heap; a node's four children are adjacent, within one or two
+// cache lines), guarded by `lock`.
 struct TimerHeap {
   Lock lock;
   // `when` is kept in the heap array itself: sifting compares without
