@@ -2,10 +2,13 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <exception>
 #include <limits>
 #include <mutex>
 #include <new>
 #include <vector>
+
+#include "fiber/internal/fatal.h"
 
 // Invariants (compare Go's runtime/chan.go):
 //  - lock_ protects recvx_, count_, closed_, the buffer and both queues.
@@ -47,6 +50,31 @@ void ThrowChanError(ChanErrorKind kind) {
       throw ChanError(ChanError::Kind::kCloseOfNil);
   }
   std::abort();
+}
+
+void FatalElementMoveThrew(ElemMove where) noexcept {
+  const char* what = where == ElemMove::kDeliver
+                         ? "delivering a sent value (to the buffer or a "
+                           "receiver)"
+                     : where == ElemMove::kOutOfBuffer
+                         ? "taking a value out of the buffer"
+                         : "handing a received value to the receiver";
+  // The value has been taken by the channel and cannot be given back (see
+  // chan.h): say what threw, and stop.
+  try {
+    throw;
+  } catch (const std::exception& e) {
+    fiber_internal::Fatal(
+        "gort::Chan: an element's move threw while %s: %s; a channel cannot "
+        "give back a value it has taken, so a throwing move there is fatal",
+        what, e.what());
+  } catch (...) {
+    fiber_internal::Fatal(
+        "gort::Chan: an element's move threw while %s (not a "
+        "std::exception); a channel cannot give back a value it has taken, "
+        "so a throwing move there is fatal",
+        what);
+  }
 }
 
 std::int64_t DeadlineAfter(absl::Duration timeout) {

@@ -15,8 +15,20 @@
 // A Chan<T> is a handle with reference semantics, like Go's: copies refer to
 // the same channel, and it lives as long as any handle does. A
 // default-constructed Chan is nil: sending or receiving on it blocks
-// forever, and it is never ready in a select. T may be any type that is
-// nothrow move constructible, move-only types (std::unique_ptr) included.
+// forever, and it is never ready in a select. T may be any move
+// constructible type, move-only types (std::unique_ptr) included.
+//
+// Exceptions from T's constructors: a copy or conversion that may throw
+// (sending an lvalue std::string, say) is made before anything is committed,
+// so its exception reaches the caller and the channel is unchanged. A move
+// is what the channel itself does once an operation is committed: into the
+// buffer or a waiting receiver's storage (under the channel's lock, or for
+// a parked sender by the receiver that takes its value), out of the buffer,
+// and out to the receiver's caller. A value the channel has taken cannot be
+// given back, so a move that throws there would lose or duplicate it: it is
+// a fatal error ("fatal: gort::Chan: an element's move threw while ...").
+// Types whose move constructor is not noexcept (std::deque, say) work; only
+// an actual throw is fatal.
 //
 // Semantics are Go's, exactly:
 //  - An unbuffered send blocks until a receiver takes the value; the value
@@ -102,41 +114,129 @@ namespace chan_internal {
 std::int64_t DeadlineAfter(absl::Duration timeout);
 std::int64_t DeadlineAt(absl::Time deadline);
 
+// Moves the T at src to dst (a buffered element out of the buffer).
+template <typename T>
+void Relocate(void* dst, void* src) noexcept {
+  T* s = std::launder(static_cast<T*>(src));
+  if constexpr (std::is_nothrow_move_constructible_v<T>) {
+    ::new (dst) T(std::move(*s));
+  } else {
+    try {
+      ::new (dst) T(std::move(*s));
+    } catch (...) {
+      FatalElementMoveThrew(ElemMove::kOutOfBuffer);
+    }
+  }
+  s->~T();
+}
+
 template <typename T>
 inline constexpr ElemOps kElemOps = {
     sizeof(T),
     alignof(T),
-    [](void* dst, void* src) noexcept {
-      T* s = std::launder(static_cast<T*>(src));
-      ::new (dst) T(std::move(*s));
-      s->~T();
-    },
+    &Relocate<T>,
     [](void* p) noexcept { std::launder(static_cast<T*>(p))->~T(); },
 };
 
 // Constructs a T at dst from the sender's U (moving if U is an rvalue).
-// Used only where that construction cannot throw (see Chan::SendImpl).
+// Runs once the send is committed (see Chan::SendImpl): a construction
+// that may throw here is a move of T, and fatal if it does.
 template <typename T, typename U>
 void PutFrom(void* src, void* dst) noexcept {
-  ::new (dst) T(std::forward<U>(*static_cast<std::remove_reference_t<U>*>(src)));
+  auto& v = *static_cast<std::remove_reference_t<U>*>(src);
+  if constexpr (std::is_nothrow_constructible_v<T, U>) {
+    ::new (dst) T(std::forward<U>(v));
+  } else {
+    try {
+      ::new (dst) T(std::forward<U>(v));
+    } catch (...) {
+      FatalElementMoveThrew(ElemMove::kDeliver);
+    }
+  }
 }
+
+// Whether a send of a U&& constructs the element straight from the
+// sender's object, once the send is committed: when that cannot throw, and
+// for a move of T (a throwing move then is fatal, see the header comment;
+// moving into a temporary first would leave the sender's object moved from
+// even when the send fails). Other constructions (copies and conversions
+// that may throw) are made into a temporary first, so that their exceptions
+// reach the caller before anything is committed.
+template <typename T, typename U>
+inline constexpr bool kPutDirect =
+    std::is_nothrow_constructible_v<T, U&&> || std::is_same_v<U&&, T&&>;
 
 template <typename U>
 void* AddressOf(U& v) {
   return const_cast<void*>(static_cast<const void*>(std::addressof(v)));
 }
 
-// Raw storage for one T, filled by a receive.
+// Raw storage for one T, filled by a receive. Once filled, exactly one of
+// the members below moves the value out (a throwing move is fatal: the
+// value has left the channel) and destroys it.
 template <typename T>
 struct Slot {
   alignas(T) unsigned char bytes[sizeof(T)];
   void* raw() { return bytes; }
-  // Moves the received T out and destroys it.
-  T Take() {
-    T* p = std::launder(reinterpret_cast<T*>(bytes));
-    T v(std::move(*p));
+  T* get() { return std::launder(reinterpret_cast<T*>(bytes)); }
+
+  // Returns the received T as an R (T or std::optional<T>), made by one
+  // move straight into the caller's object (a prvalue all the way).
+  template <typename R = T>
+  R Take() {
+    struct Destroyer {
+      T* p;
+      ~Destroyer() { p->~T(); }
+    } destroy{get()};
+    if constexpr (std::is_nothrow_move_constructible_v<T>) {
+      return Make<R>(destroy.p);
+    } else {
+      try {
+        return Make<R>(destroy.p);
+      } catch (...) {
+        FatalElementMoveThrew(ElemMove::kToReceiver);
+      }
+    }
+  }
+  // *out = the received T (a select's Recv(ch, &v)).
+  void AssignTo(T* out) {
+    T* p = get();
+    if constexpr (std::is_nothrow_move_assignable_v<T>) {
+      *out = std::move(*p);
+    } else {
+      try {
+        *out = std::move(*p);
+      } catch (...) {
+        FatalElementMoveThrew(ElemMove::kToReceiver);
+      }
+    }
     p->~T();
-    return v;
+  }
+  // out->emplace(the received T).
+  void EmplaceTo(std::optional<T>* out) {
+    T* p = get();
+    if constexpr (std::is_nothrow_move_constructible_v<T>) {
+      out->emplace(std::move(*p));
+    } else {
+      try {
+        out->emplace(std::move(*p));
+      } catch (...) {
+        FatalElementMoveThrew(ElemMove::kToReceiver);
+      }
+    }
+    p->~T();
+  }
+  // Drops the received T.
+  void Destroy() { get()->~T(); }
+
+ private:
+  template <typename R>
+  static R Make(T* p) {
+    if constexpr (std::is_same_v<R, T>) {
+      return T(std::move(*p));
+    } else {
+      return R(std::in_place, std::move(*p));
+    }
   }
 };
 
@@ -157,8 +257,8 @@ template <typename T>
 class Chan {
   static_assert(!std::is_reference_v<T> && !std::is_const_v<T>,
                 "Chan<T>: T must be a non-const object type");
-  static_assert(std::is_nothrow_move_constructible_v<T>,
-                "Chan<T>: T must be nothrow move constructible");
+  static_assert(std::is_move_constructible_v<T>,
+                "Chan<T>: T must be move constructible");
 
  public:
   using value_type = T;
@@ -217,7 +317,7 @@ class Chan {
         RecvStatus::kOk) {
       return std::nullopt;
     }
-    return slot.Take();
+    return slot.template Take<std::optional<T>>();
   }
 
   // Receives only if that needs no waiting. status: kOk (value set),
@@ -258,7 +358,8 @@ class Chan {
     T& operator*() const { return *cur_; }
     T* operator->() const { return &*cur_; }
     Iterator& operator++() {
-      cur_ = ch_->Recv();
+      cur_.reset();
+      ch_->RecvInto(&cur_);  // straight into cur_: one move, as Recv()
       return *this;
     }
     void operator++(int) { ++*this; }
@@ -283,12 +384,14 @@ class Chan {
 
   // The element is constructed from `v` under the channel's lock, straight
   // into its destination, when that cannot throw (moves, and copies of
-  // trivially copyable types). A construction that may throw (copying a
-  // std::string, say) is done first, into a temporary that is then moved:
-  // nothing throws while a lock is held, and an lvalue `v` stays untouched.
+  // trivially copyable types) and for every move of T (a throwing one is
+  // fatal, see the header comment). Another construction that may throw
+  // (copying a std::string, say) is done first, into a temporary that is
+  // then moved: its exception reaches the caller before anything is
+  // committed, and an lvalue `v` stays untouched.
   template <typename U>
   bool SendImpl(U&& v, std::int64_t deadline) const {
-    if constexpr (std::is_nothrow_constructible_v<T, U&&>) {
+    if constexpr (chan_internal::kPutDirect<T, U>) {
       return chan_internal::ChanCore::Send(core_, chan_internal::AddressOf(v),
                                            &chan_internal::PutFrom<T, U&&>,
                                            deadline);
@@ -302,10 +405,22 @@ class Chan {
 
   RecvResult<T> RecvWithDeadline(std::int64_t deadline) const {
     chan_internal::Slot<T> slot;
-    RecvResult<T> r;
-    r.status = chan_internal::ChanCore::Recv(core_, slot.raw(), deadline);
-    if (r.status == RecvStatus::kOk) r.value.emplace(slot.Take());
-    return r;
+    const RecvStatus status =
+        chan_internal::ChanCore::Recv(core_, slot.raw(), deadline);
+    if (status != RecvStatus::kOk) return RecvResult<T>{status, std::nullopt};
+    return RecvResult<T>{status, slot.template Take<std::optional<T>>()};
+  }
+
+  // Recv() into *out (empty); returns whether a value arrived.
+  bool RecvInto(std::optional<T>* out) const {
+    chan_internal::Slot<T> slot;
+    if (chan_internal::ChanCore::Recv(core_, slot.raw(),
+                                      sched_internal::kNoDeadline) !=
+        RecvStatus::kOk) {
+      return false;
+    }
+    slot.EmplaceTo(out);
+    return true;
   }
 
   chan_internal::ChanCore* core_ = nullptr;

@@ -81,11 +81,14 @@ class RecvCase {
   void Finish(bool received) {
     if (ok_ != nullptr) *ok_ = received;
     if (received) {
-      T v = slot_.Take();
+      // Straight from the slot into the caller's object: one move (a
+      // throwing one is fatal, as in Chan::Recv).
       if (out_ != nullptr) {
-        *out_ = std::move(v);
+        slot_.AssignTo(out_);
       } else if (opt_ != nullptr) {
-        opt_->emplace(std::move(v));
+        slot_.EmplaceTo(opt_);
+      } else {
+        slot_.Destroy();
       }
     } else {
       if constexpr (std::is_default_constructible_v<T>) {
@@ -105,9 +108,11 @@ class RecvCase {
 
 template <typename T, typename U>
 class SendCase {
-  // As Chan::Send: a construction that may throw is done up front, into a
-  // temporary, so that nothing throws while the channel locks are held.
-  static constexpr bool kDirect = std::is_nothrow_constructible_v<T, U&&>;
+  // As Chan::Send: a copy or conversion that may throw is done up front,
+  // into a temporary, so that its exception reaches the caller before any
+  // channel lock is taken; a move of T is made under the lock (a throwing
+  // one is fatal).
+  static constexpr bool kDirect = kPutDirect<T, U>;
 
  public:
   SendCase(const Chan<T>& ch, U&& v) : core_(CoreOf(ch)) {

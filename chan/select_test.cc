@@ -364,6 +364,20 @@ TEST_P(SelectTest, HugePeriodsDoNotOverflow) {
   EXPECT_EQ(chan_internal::PendingTimersForTest(), pending_before);
 }
 
+TEST(TickerDeathTest, NonPositivePeriodIsFatal) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_DEATH({ Ticker t(absl::ZeroDuration()); },
+               "fatal: gort::Ticker: non-positive period 0");
+  EXPECT_DEATH({ Ticker t(-absl::Milliseconds(1)); },
+               "fatal: gort::Ticker: non-positive period -1ms");
+  EXPECT_DEATH(
+      {
+        Ticker t(absl::Hours(1));
+        t.Reset(absl::ZeroDuration());
+      },
+      "fatal: gort::Ticker: non-positive period 0");
+}
+
 TEST_P(SelectTest, TickerTicksUntilStopped) {
   const std::size_t pending_before = chan_internal::PendingTimersForTest();
   {
@@ -381,6 +395,56 @@ TEST_P(SelectTest, TickerTicksUntilStopped) {
     Ticker dropped(absl::Milliseconds(1));  // destroyed: stopped
   }
   EXPECT_EQ(chan_internal::PendingTimersForTest(), pending_before);
+}
+
+// A Ticker's channel as a select case: not ready before a tick (Default
+// fires), ready with the tick's time once one is due, from a thread and a
+// fiber, beside other cases.
+TEST_P(SelectTest, TickerChannelInASelect) {
+  Chan<int> never = MakeChan<int>();
+  Ticker ticker(absl::Hours(1));
+  EXPECT_EQ(Select(Recv(ticker.C()), Recv(never), Default()), 2);
+  SelectSet set;
+  set.AddRecv(ticker.C());
+  set.AddRecv(never);
+  EXPECT_EQ(set.TrySelect(), -1);
+
+  ticker.Reset(absl::Milliseconds(1));
+  absl::Time last = absl::InfinitePast();
+  for (int i = 0; i < 3; ++i) {  // blocking: only the ticker can fire
+    absl::Time when;
+    bool ok = false;
+    ASSERT_EQ(Select(Recv(never), Recv(ticker.C(), &when, &ok)), 1);
+    EXPECT_TRUE(ok);
+    EXPECT_GT(when, last);  // each tick carries a later time
+    last = when;
+  }
+  EXPECT_EQ(set.Select(), 0);
+  // Non-blocking polls see a tick once one is due.
+  while (Select(Recv(ticker.C()), Default()) != 0) {
+    absl::SleepFor(absl::Microseconds(200));
+  }
+
+  // A fiber loops over the ticker and a stop channel, Go style, passing
+  // each tick on.
+  Chan<int> stop = MakeChan<int>();
+  Chan<absl::Time> ticks = MakeChan<absl::Time>();
+  Chan<int> done = MakeChan<int>(1);
+  Go([&] {
+    for (;;) {
+      absl::Time when;
+      if (Select(Recv(ticker.C(), &when), Recv(stop)) == 1) break;
+      if (Select(Send(ticks, when), Recv(stop)) == 1) break;
+    }
+    done.Send(1);
+  });
+  for (int i = 0; i < 3; ++i) {
+    const absl::Time when = *ticks.Recv();
+    EXPECT_GT(when, last);
+    last = when;
+  }
+  stop.Close();
+  EXPECT_EQ(done.Recv(), 1);
 }
 
 // A timeout in a select loop, Go style.

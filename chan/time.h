@@ -75,8 +75,10 @@ Timer AfterFunc(absl::Duration d, absl::AnyInvocable<void()> fn);
 // cannot be stopped: in loops, prefer NewTimer and Stop.
 Chan<absl::Time> After(absl::Duration d);
 
-// time.NewTicker: C() receives the time every `period` (period > 0).
-// Stopped when destroyed. Movable, not copyable.
+// time.NewTicker: C() receives the time every `period`. A period <= 0
+// (here or in Reset) is a fatal error ("fatal: gort::Ticker: non-positive
+// period ..."), as Go panics. Stopped when destroyed. Movable, not
+// copyable.
 class Ticker {
  public:
   explicit Ticker(absl::Duration period);

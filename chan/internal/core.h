@@ -95,6 +95,16 @@ class WaitQueue {
 enum class ChanErrorKind { kSendOnClosed, kCloseOfClosed, kCloseOfNil };
 [[noreturn]] void ThrowChanError(ChanErrorKind kind);
 
+// Where a committed element move threw (see chan.h's header comment).
+enum class ElemMove {
+  kDeliver,      // a sent value into the buffer or a receiver's storage
+  kOutOfBuffer,  // a buffered value out of the buffer
+  kToReceiver,   // a received value out to the receiving caller
+};
+// Reports the exception being handled as a fatal error and aborts. Call
+// only from a catch handler.
+[[noreturn]] void FatalElementMoveThrew(ElemMove where) noexcept;
+
 class ChanCore {
  public:
   static ChanCore* Create(const ElemOps* ops, std::size_t capacity);
