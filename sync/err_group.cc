@@ -8,10 +8,16 @@
 #include "sched/sched.h"
 
 // Invariants:
-//  - wg_ counts the functions started and not yet finished. A fiber's last
-//    touch of *this is wg_.Done(), after its function (and everything the
-//    function captured) has been destroyed and its token returned; so the
-//    group may go away as soon as Wait (or the destructor) returns.
+//  - wg_ counts the functions started and not yet finished. Its Add and Done
+//    are made under mu_: a Go racing with the last Done can then never hit
+//    WaitGroup's release window ("Add called concurrently with Wait"). A
+//    fiber's last touch of *this is the mu_.Unlock() after its wg_.Done(),
+//    after its function (and everything the function captured) has been
+//    destroyed and its token returned. Wait and the destructor lock mu_
+//    after wg_.Wait() returns, so they never return while a finishing fiber
+//    still holds mu_ (and a Mutex may be destroyed while the Unlock that let
+//    the destroyer in is returning): the group may go away as soon as Wait
+//    (or the destructor) returns.
 //  - waits_ counts the Wait calls in progress; a Wait's last touch of *this
 //    is waits_.Done(), and the destructor waits for waits_: so the group may
 //    be destroyed as soon as one Wait returns, even while another task's
@@ -33,15 +39,22 @@ ErrGroup::ErrGroup(const Context& parent) {
 
 ErrGroup::~ErrGroup() {
   wg_.Wait();
+  // The last fiber may still hold mu_ after its Done: wait for its Unlock.
+  { std::lock_guard<Mutex> l(mu_); }
   cancel_();
   // Another task's Wait may still be returning (cancelling, reading err_)
   // after the one that let our caller destroy us: wait for it.
   waits_.Wait();
 }
 
+void ErrGroup::Finished() {
+  std::lock_guard<Mutex> l(mu_);
+  wg_.Done();
+}
+
 void ErrGroup::SetError(absl::Status status) {
   {
-    std::lock_guard<sched_internal::Lock> l(mu_);
+    std::lock_guard<Mutex> l(mu_);
     if (has_err_) return;
     has_err_ = true;
     err_ = std::move(status);
@@ -51,7 +64,10 @@ void ErrGroup::SetError(absl::Status status) {
 
 void ErrGroup::Start(Func fn, const DoneChan& token,
                      std::source_location site) {
-  wg_.Add(1);
+  {
+    std::lock_guard<Mutex> l(mu_);
+    wg_.Add(1);
+  }
   gort::Go(
       [this, token, fn = std::move(fn)]() mutable {
         // Runs last, even if the fiber ends by gort::Exit() (which unwinds
@@ -64,7 +80,7 @@ void ErrGroup::Start(Func fn, const DoneChan& token,
           ~Finish() {
             if (!release) return;
             if (!token.nil()) token.TryRecv();  // never blocks: ours is there
-            g->wg_.Done();                      // the last touch of *g
+            g->Finished();                      // the last touch of *g
           }
         } finish{this, token};
         Func f = std::move(fn);  // destroyed before `finish`
@@ -101,7 +117,8 @@ absl::Status ErrGroup::Wait() {
   cancel_();
   absl::Status err;
   {
-    std::lock_guard<sched_internal::Lock> l(mu_);
+    // Also waits for the last fiber's Finished() to unlock mu_.
+    std::lock_guard<Mutex> l(mu_);
     err = err_;
   }
   waits_.Done();  // our last access: the destructor waits for it

@@ -33,7 +33,12 @@
 //    counts as a function that returned OkStatus().
 //
 // Threading rules: Go, TryGo and Wait may be called from any fiber or plain
-// thread, concurrently, including from functions running in the group.
+// thread, concurrently, including from functions running in the group, and
+// including a Go from outside the group that races with its last function
+// finishing while another task is in Wait: the group's count is changed
+// under a lock, so such a Go either joins the round that Wait is waiting
+// for (Wait then waits for it too) or starts a new one after Wait has been
+// released (unlike Go's errgroup, whose WaitGroup panics then).
 // SetLimit must not run concurrently with Go or TryGo. The group may be
 // reused after Wait; its first error and (for WithContext) its cancelled
 // context stay, as in Go. The destructor waits for the group's fibers (as
@@ -56,8 +61,8 @@
 #include "absl/functional/any_invocable.h"
 #include "absl/status/status.h"
 #include "chan/chan.h"
-#include "sched/internal/futex.h"
 #include "sync/context.h"
+#include "sync/mutex.h"
 #include "sync/wait_group.h"
 
 namespace gort {
@@ -109,8 +114,15 @@ class ErrGroup {
   explicit ErrGroup(const Context& parent);
 
   void Start(Func fn, const DoneChan& token, std::source_location site);
+  // A function has finished: wg_.Done(), under mu_. The last touch of *this
+  // by its fiber.
+  void Finished();
   void SetError(absl::Status status);
 
+  // Counts the functions started and not yet finished. Its Add (in Start)
+  // and Done (in Finished) are made under mu_, so an Add never lands in
+  // the window between the Done that takes it to zero and the release of
+  // its waiters, which WaitGroup reports as misuse.
   WaitGroup wg_;
   // Wait() calls in progress; the destructor waits for them.
   WaitGroup waits_;
@@ -119,7 +131,11 @@ class ErrGroup {
   Context ctx_;
   CancelFunc cancel_;  // no-op without WithContext
 
-  sched_internal::Lock mu_;
+  // Guards wg_'s Add and Done (see above), has_err_ and err_. A
+  // gort::Mutex: a Go from outside the group may wait here for a fiber's
+  // Finished(), and a Mutex may be destroyed while the Unlock that let the
+  // destroyer in is still returning.
+  Mutex mu_;
   bool has_err_ = false;  // guarded by mu_
   absl::Status err_;      // guarded by mu_
 };

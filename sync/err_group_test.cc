@@ -15,9 +15,11 @@
 #include "chan/chan.h"
 #include "chan/select.h"
 #include "gtest/gtest.h"
+#include "sched/internal/futex.h"
 #include "sched/sched.h"
 #include "sched/testing/runtime_test.h"
 #include "sync/context.h"
+#include "sync/mutex.h"
 #include "sync/wait_group.h"
 
 namespace gort {
@@ -27,12 +29,31 @@ struct ErrGroupPeer {
   static std::int64_t WaitsInProgress(const ErrGroup& g) {
     return g.waits_.count();
   }
+  // The count of functions running, and the lock its changes are made under.
+  static WaitGroup& Running(ErrGroup& g) { return g.wg_; }
+  static const Mutex& Lock(const ErrGroup& g) { return g.mu_; }
+};
+
+struct WaitGroupPeer {
+  static std::uint64_t State(const WaitGroup& wg) {
+    return wg.state_.load(std::memory_order_acquire);
+  }
+  static sched_internal::Lock& QueueLock(WaitGroup& wg) { return wg.lock_; }
+};
+
+struct MutexPeer {
+  static int Waiters(const Mutex& m) {
+    return static_cast<int>(
+        Mutex::Waiters(m.state_.load(std::memory_order_acquire)));
+  }
 };
 
 }  // namespace sync_internal
 namespace {
 
 using sync_internal::ErrGroupPeer;
+using sync_internal::MutexPeer;
+using sync_internal::WaitGroupPeer;
 
 constexpr int kScale = testing::kStressScale;
 
@@ -54,7 +75,9 @@ TEST(ErrGroupDeathTest, AnEscapingExceptionIsFatal) {
         g.Go([]() -> absl::Status { throw std::runtime_error("kaboom"); });
         (void)g.Wait();
       },
-      "fatal: uncaught exception in fiber [0-9]+: .*kaboom");
+      // (The scheduler may name the fiber's start site after its id.)
+      "fatal: uncaught exception in fiber [0-9]+(, started at [^:]+:[0-9]+)?: "
+      ".*kaboom");
 }
 
 TEST(ErrGroupDeathTest, SetLimitWhileActiveIsFatal) {
@@ -71,6 +94,50 @@ TEST(ErrGroupDeathTest, SetLimitWhileActiveIsFatal) {
       },
       "fatal: errgroup: modify limit while 1 fibers in the group are still "
       "active");
+}
+
+// Go from outside the group may race with the group's last function
+// finishing while another task waits: made deterministic by holding the
+// count's queue lock, so that the finishing fiber stalls inside WaitGroup's
+// release window (counter 0, the waiter still counted). A Go whose Add
+// landed there would be fatal ("Add called concurrently with Wait"); the
+// group makes it wait for the release instead, and it starts a new round.
+TEST_P(ErrGroupTest, GoFromOutsideRacingTheLastFunctionWhileAnotherWaits) {
+  constexpr std::uint64_t kOne = std::uint64_t{1} << 32;
+  ErrGroup g;
+  Chan<int> finish = MakeChan<int>();
+  g.Go([finish]() -> absl::Status {
+    finish.Recv();
+    return absl::OkStatus();
+  });
+  std::atomic<bool> waited{false};
+  std::thread waiter([&] {
+    EXPECT_TRUE(g.Wait().ok());
+    waited = true;
+  });
+  WaitGroup& running = ErrGroupPeer::Running(g);
+  // One function running, the waiter counted.
+  Await([&] { return WaitGroupPeer::State(running) == (kOne | 1); });
+  sched_internal::Lock& queue = WaitGroupPeer::QueueLock(running);
+  queue.lock();
+  finish.Send(1);  // the function returns; its Done stalls on `queue`
+  Await([&] { return WaitGroupPeer::State(running) == 1; });  // the window
+  std::atomic<bool> ran{false};
+  std::thread outsider([&] {
+    g.Go([&ran]() -> absl::Status {
+      ran = true;
+      return absl::OkStatus();
+    });
+  });
+  // The outsider's Go waits for the finishing fiber to leave the lock.
+  Await([&] { return MutexPeer::Waiters(ErrGroupPeer::Lock(g)) == 1; });
+  EXPECT_FALSE(waited.load());
+  queue.unlock();
+  outsider.join();
+  waiter.join();
+  EXPECT_TRUE(waited.load());
+  EXPECT_TRUE(g.Wait().ok());  // the outsider's function, a new round
+  EXPECT_TRUE(ran.load());
 }
 
 TEST_P(ErrGroupTest, WaitOnAnEmptyGroup) {

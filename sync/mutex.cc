@@ -152,6 +152,13 @@ void Mutex::LockSlow(WaitReason reason) {
     if ((next & kStarving) != 0 && (old & kStarving) == 0) {
       g_starvation_count.fetch_add(1, std::memory_order_relaxed);
     }
+    if (starving && (next & kStarving) != 0) {
+      if (void (*hook)(const Mutex*) =
+              sync_internal::mutex_starving_waiter_hook.load(
+                  std::memory_order_relaxed)) {
+        hook(this);
+      }
+    }
     // Counted as a waiter: sleep. A waiter that was woken and lost the race
     // goes back to the front of the queue.
     const bool lifo = wait_start != 0;

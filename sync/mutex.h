@@ -179,6 +179,14 @@ namespace sync_internal {
 // starvation mode. A snapshot.
 std::uint64_t MutexStarvationCount();
 
+// For tests: when set, a waiter that has waited longer than the starvation
+// threshold calls it, on its own fiber or thread, each time it queues again
+// with the mutex in starvation mode (having switched it to that mode, or
+// found it there): from then on Unlock hands the mutex to the oldest
+// waiter, and this one is at the front of the queue. Lets a test tell
+// which waiter starved. Not for production use.
+inline std::atomic<void (*)(const Mutex*)> mutex_starving_waiter_hook{nullptr};
+
 // For tests: when set, every Unlock that may have to wake a waiter calls it
 // between making the mutex lockable and deciding whom to wake: the window
 // in which the unlocker must keep the mutex alive. Not for production use.

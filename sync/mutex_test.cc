@@ -396,42 +396,87 @@ TEST_P(MutexTest, StarvationModeHandsTheLockToTheOldestWaiter) {
   EXPECT_GT(sync_internal::MutexStarvationCount(), starvations_before);
 }
 
+// Watches one victim's Lock through mutex_starving_waiter_hook: whether
+// that task (not any other) queued in starvation mode, and how many times
+// the hammers had locked the mutex when it last did.
+struct StarvationWatch {
+  static inline std::atomic<const Mutex*> mu{nullptr};
+  static inline std::atomic<Parker*> victim{nullptr};
+  static inline std::atomic<std::int64_t> hammer_locks{0};
+  static inline std::atomic<int> marks{0};
+  static inline std::atomic<std::int64_t> hammer_locks_at_mark{0};
+
+  static void Hook(const Mutex* m) {
+    if (m != mu.load() || Parker::Current() != victim.load()) return;
+    hammer_locks_at_mark.store(hammer_locks.load());
+    marks.fetch_add(1);
+  }
+  explicit StarvationWatch(const Mutex* m) {
+    mu = m;
+    sync_internal::mutex_starving_waiter_hook.store(&Hook);
+  }
+  ~StarvationWatch() {
+    sync_internal::mutex_starving_waiter_hook.store(nullptr);
+    mu = nullptr;
+    victim = nullptr;
+  }
+};
+
 // The hammer test: threads lock and unlock in tight loops, holding the lock
-// for a moment each time, while one fiber (or thread) calls Lock once per
-// round. An unlocking hammer re-locks before the waiter it woke can run, so
-// that waiter keeps losing until it has waited over 1 ms and switches the
-// mutex to starvation mode; it always gets the lock in the end.
+// for a moment each time, while one fiber (or thread), the victim, calls
+// Lock once per round. An unlocking hammer re-locks before the waiter it
+// woke can run, so the victim keeps losing until it has waited over 1 ms
+// and queues in starvation mode. From then on it is at the front of the
+// queue and Unlock hands the mutex to the front, so it is served within a
+// bound counted in lock acquisitions, not in time: after its (last)
+// starvation mark, the hammers can lock the mutex only as the holder of the
+// moment (whose count may land after the mark) or as a waiter a hand-off
+// was already on its way to; kHammers + 1 bounds both, with room to spare.
+// In normal mode (no hand-off) the hammers would take the lock thousands of
+// times while the victim waits.
 TEST_P(MutexTest, AHammeredLockerGetsTheLockAndStarvationModeIsEntered) {
   constexpr int kHammers = 2;
+  constexpr std::int64_t kBound = kHammers + 1;
   Mutex mu;
   std::int64_t counter = 0;  // guarded by mu
   std::atomic<bool> stop{false};
-  const std::uint64_t before = sync_internal::MutexStarvationCount();
+  StarvationWatch watch(&mu);
   std::vector<std::thread> hammers;
   for (int i = 0; i < kHammers; ++i) {
     hammers.emplace_back([&] {
       while (!stop.load(std::memory_order_relaxed)) {
         mu.Lock();
         ++counter;
+        StarvationWatch::hammer_locks.fetch_add(1);
         HoldALittle();
         // ...and at once Lock again: a running task beats a woken one.
         mu.Unlock();
       }
     });
   }
-  // At least 4 rounds (fiber and thread victims); then on until starvation
-  // mode was seen, which normally happens in the first round (the hammers
-  // may also starve each other, which counts too). The bound only keeps a
-  // broken build finite.
+  // At least 4 rounds (fiber and thread victims); then on until the victim
+  // itself has starved in 2 rounds, which normally happens within the first
+  // few (a round that the victim wins in under 1 ms shows nothing: some
+  // runs need hundreds). The bound on rounds only keeps a broken build
+  // finite.
   int rounds = 0;
-  while (rounds < 4 ||
-         (sync_internal::MutexStarvationCount() == before && rounds < 2000)) {
+  int starved_rounds = 0;
+  while (rounds < 4 || (starved_rounds < 2 && rounds < 5000)) {
     ++rounds;
     WaitGroup done;
     done.Add(1);
     bool got_it = false;
+    int marks = 0;
+    std::int64_t hammer_locks_after_mark = 0;
     auto victim = [&] {
+      StarvationWatch::marks = 0;
+      StarvationWatch::victim = Parker::Current();
       mu.Lock();
+      // Every hammer's count before our Lock is visible here: it was made
+      // under the mutex.
+      marks = StarvationWatch::marks.load();
+      hammer_locks_after_mark = StarvationWatch::hammer_locks.load() -
+                                StarvationWatch::hammer_locks_at_mark.load();
       got_it = true;
       ++counter;
       mu.Unlock();
@@ -446,11 +491,20 @@ TEST_P(MutexTest, AHammeredLockerGetsTheLockAndStarvationModeIsEntered) {
       t.join();
     }
     ASSERT_TRUE(got_it);
+    if (marks > 0) {
+      ++starved_rounds;
+      EXPECT_LE(hammer_locks_after_mark, kBound)
+          << "round " << rounds << " ("
+          << (rounds % 2 == 0 ? "fiber" : "thread")
+          << " victim): the hammers locked the mutex "
+          << hammer_locks_after_mark
+          << " times after it queued in starvation mode";
+    }
   }
   stop.store(true);
   for (auto& t : hammers) t.join();
-  EXPECT_GT(sync_internal::MutexStarvationCount(), before)
-      << "after " << rounds << " rounds";
+  EXPECT_GE(starved_rounds, 1)
+      << "the victim itself never starved in " << rounds << " rounds";
   EXPECT_EQ(MutexPeer::State(mu), 0);
 }
 

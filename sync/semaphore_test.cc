@@ -52,6 +52,37 @@ TEST(SemaphoreDeathTest, OverReleaseIsFatal) {
       "fatal: semaphore: released more than held");
 }
 
+// Weights and sizes are >= 0 (semaphore.h): a negative one is fatal, in
+// every member that takes one, before anything changes.
+TEST(SemaphoreDeathTest, NegativeWeightOrSizeIsFatal) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_DEATH({ Semaphore sem(-1); }, "fatal: semaphore: negative size -1");
+  EXPECT_DEATH(
+      {
+        Semaphore sem(3);
+        (void)sem.Acquire(Background(), -2);
+      },
+      "fatal: semaphore: negative weight -2");
+  EXPECT_DEATH(
+      {
+        Semaphore sem(3);
+        (void)sem.TryAcquire(-1);
+      },
+      "fatal: semaphore: negative weight -1");
+  EXPECT_DEATH(
+      {
+        Semaphore sem(3);
+        (void)sem.TryAcquire(2);
+        sem.Release(-1);
+      },
+      "fatal: semaphore: negative weight -1");
+  // Zero is a valid weight and size.
+  Semaphore empty(0);
+  EXPECT_TRUE(empty.TryAcquire(0));
+  EXPECT_TRUE(empty.Acquire(Background(), 0).ok());
+  empty.Release(0);
+}
+
 TEST_P(SemaphoreTest, Weights) {
   Semaphore sem(10);
   EXPECT_EQ(sem.size(), 10);

@@ -123,44 +123,93 @@ TEST(SyncThreadTest, MutexStressThreadsIncrementACounter) {
   EXPECT_EQ(MutexPeer::State(mu), 0);
 }
 
-// Threads hammer the lock (holding it a moment each time); another thread
-// calls Lock once per round. It always gets the lock, and starvation mode is
-// entered at some point (normally in the first round).
+// Watches one victim's Lock through mutex_starving_waiter_hook (see
+// mutex_test.cc): whether that thread queued in starvation mode, and how
+// many times the hammers had locked the mutex when it last did.
+struct StarvationWatch {
+  static inline std::atomic<const Mutex*> mu{nullptr};
+  static inline std::atomic<Parker*> victim{nullptr};
+  static inline std::atomic<std::int64_t> hammer_locks{0};
+  static inline std::atomic<int> marks{0};
+  static inline std::atomic<std::int64_t> hammer_locks_at_mark{0};
+
+  static void Hook(const Mutex* m) {
+    if (m != mu.load() || Parker::Current() != victim.load()) return;
+    hammer_locks_at_mark.store(hammer_locks.load());
+    marks.fetch_add(1);
+  }
+  explicit StarvationWatch(const Mutex* m) {
+    mu = m;
+    sync_internal::mutex_starving_waiter_hook.store(&Hook);
+  }
+  ~StarvationWatch() {
+    sync_internal::mutex_starving_waiter_hook.store(nullptr);
+    mu = nullptr;
+    victim = nullptr;
+  }
+};
+
+// Threads hammer the lock (holding it a moment each time); another thread,
+// the victim, calls Lock once per round. It always gets the lock, it starves
+// (queues in starvation mode) in some rounds, and once it has, it is served
+// within a bound counted in the hammers' acquisitions, not in time: at the
+// front of the queue, it gets the next hand-off, so only the holder of the
+// moment and a waiter a hand-off was already on its way to can lock the
+// mutex before it (kHammers + 1, with room to spare; see mutex_test.cc).
 TEST(SyncThreadTest, MutexHammeredLockerGetsItAndStarvationModeIsEntered) {
+  constexpr int kHammers = 2;
+  constexpr std::int64_t kBound = kHammers + 1;
   Mutex mu;
   std::int64_t counter = 0;
   std::atomic<bool> stop{false};
-  const std::uint64_t before = sync_internal::MutexStarvationCount();
+  StarvationWatch watch(&mu);
   std::vector<std::thread> hammers;
-  for (int i = 0; i < 2; ++i) {
+  for (int i = 0; i < kHammers; ++i) {
     hammers.emplace_back([&] {
       while (!stop.load(std::memory_order_relaxed)) {
         mu.Lock();
         ++counter;
+        StarvationWatch::hammer_locks.fetch_add(1);
         HoldALittle();
         // ...and at once Lock again: a running task beats a woken one.
         mu.Unlock();
       }
     });
   }
-  // At least 3 rounds; then on until starvation mode was seen.
+  // At least 3 rounds; then on until the victim itself starved in 2 rounds
+  // (normally within the first few; the bound on rounds only keeps a broken
+  // build finite).
   int rounds = 0;
-  while (rounds < 3 ||
-         (sync_internal::MutexStarvationCount() == before && rounds < 2000)) {
+  int starved_rounds = 0;
+  while (rounds < 3 || (starved_rounds < 2 && rounds < 5000)) {
     ++rounds;
     bool got_it = false;
+    int marks = 0;
+    std::int64_t hammer_locks_after_mark = 0;
     std::thread victim([&] {
+      StarvationWatch::marks = 0;
+      StarvationWatch::victim = Parker::Current();
       mu.Lock();
+      marks = StarvationWatch::marks.load();
+      hammer_locks_after_mark = StarvationWatch::hammer_locks.load() -
+                                StarvationWatch::hammer_locks_at_mark.load();
       got_it = true;
       mu.Unlock();
     });
     victim.join();
     ASSERT_TRUE(got_it);
+    if (marks > 0) {
+      ++starved_rounds;
+      EXPECT_LE(hammer_locks_after_mark, kBound)
+          << "round " << rounds << ": the hammers locked the mutex "
+          << hammer_locks_after_mark
+          << " times after the victim queued in starvation mode";
+    }
   }
   stop.store(true);
   for (auto& t : hammers) t.join();
-  EXPECT_GT(sync_internal::MutexStarvationCount(), before)
-      << "after " << rounds << " rounds";
+  EXPECT_GE(starved_rounds, 1)
+      << "the victim itself never starved in " << rounds << " rounds";
   EXPECT_EQ(MutexPeer::State(mu), 0);
 }
 

@@ -1,5 +1,7 @@
 #include "sync/wait_group.h"
 
+#include <cstdint>
+#include <limits>
 #include <mutex>
 #include <thread>
 
@@ -42,6 +44,9 @@ std::uint32_t Waiters(std::uint64_t state) {
 [[noreturn]] void FatalConcurrentAdd() {
   Fatal("sync: WaitGroup misuse: Add called concurrently with Wait");
 }
+[[noreturn]] void FatalOverflow() { Fatal("sync: WaitGroup counter overflow"); }
+
+constexpr std::int64_t kMaxCounter = std::numeric_limits<std::int32_t>::max();
 
 }  // namespace
 
@@ -51,11 +56,20 @@ void WaitGroup::Add(std::int64_t delta) {
   // state, or the releaser's RMW). Acquire: the releaser's RMW reads the end
   // of the release sequence of every earlier Add/Done (all RMWs), so it
   // passes their writes on to the waiters it unparks and to its store(0).
+  //
+  // The counter is 32 bits: a delta outside them is fatal here, before it
+  // could be truncated (a counter <= INT32_MAX plus a delta < INT32_MIN is
+  // negative anyway), and the new counter is computed in 64 bits from the
+  // old one, so that one past INT32_MAX is an overflow, not a wrap.
+  if (delta > kMaxCounter) FatalOverflow();
+  if (delta < -kMaxCounter - 1) FatalNegative();
   const std::uint64_t d = static_cast<std::uint64_t>(delta) << 32;
-  const std::uint64_t s = state_.fetch_add(d, std::memory_order_acq_rel) + d;
-  const std::int32_t v = Counter(s);
-  const std::uint32_t w = Waiters(s);
+  const std::uint64_t old = state_.fetch_add(d, std::memory_order_acq_rel);
+  const std::int64_t v = std::int64_t{Counter(old)} + delta;
+  if (v > kMaxCounter) FatalOverflow();
   if (v < 0) FatalNegative();
+  const std::uint64_t s = old + d;
+  const std::uint32_t w = Waiters(s);
   // The counter went from 0 to positive while waiters are still counted: we
   // are inside another task's release window (see Invariants).
   if (w != 0 && delta > 0 && v == delta) FatalConcurrentAdd();

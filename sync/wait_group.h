@@ -30,10 +30,12 @@
 //    zero. Unlike Go, gort does not require the previous round's Wait calls to
 //    have returned first: a woken waiter always belongs to its own round.
 //  - It is a fatal error (the process prints a message and aborts) if the
-//    counter goes negative ("fatal: sync: negative WaitGroup counter"), or if
-//    an Add races with the release of the waiters of a round that has just
-//    reached zero ("fatal: sync: WaitGroup misuse: Add called concurrently
-//    with Wait").
+//    counter goes negative ("fatal: sync: negative WaitGroup counter"), if
+//    it would exceed INT32_MAX, Go's limit too ("fatal: sync: WaitGroup
+//    counter overflow"; an Add whose delta alone is out of that range is
+//    fatal the same way, never truncated), or if an Add races with the
+//    release of the waiters of a round that has just reached zero ("fatal:
+//    sync: WaitGroup misuse: Add called concurrently with Wait").
 //  - The WaitGroup may be destroyed as soon as any Wait() has returned and no
 //    other call is in progress or will be made (e.g. a WaitGroup on the stack
 //    of the fiber that waits on it).
@@ -57,6 +59,10 @@
 
 namespace gort {
 
+namespace sync_internal {
+struct WaitGroupPeer;  // test-only access, defined by tests
+}  // namespace sync_internal
+
 class WaitGroup {
  public:
   WaitGroup() = default;
@@ -65,7 +71,7 @@ class WaitGroup {
 
   // Adds `delta`, which may be negative, to the counter. When the counter
   // reaches zero, every task blocked in Wait() is released. Fatal if the
-  // counter becomes negative.
+  // counter becomes negative or would exceed INT32_MAX.
   void Add(std::int64_t delta);
 
   // Decrements the counter by one: Add(-1).
@@ -88,6 +94,8 @@ class WaitGroup {
   }
 
  private:
+  friend struct sync_internal::WaitGroupPeer;
+
   // A blocked waiter: lives on the waiting task's stack for the duration of
   // its Wait() (Go's sudog). Linked into the queue under lock_.
   struct Waiter {

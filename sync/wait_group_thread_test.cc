@@ -2,6 +2,8 @@
 // scheduler, so every task parks as a thread on a futex.
 
 #include <atomic>
+#include <cstdint>
+#include <limits>
 #include <memory>
 #include <thread>
 #include <vector>
@@ -10,7 +12,21 @@
 #include "sync/wait_group.h"
 
 namespace gort {
+namespace sync_internal {
+
+// Test-only access to a WaitGroup's state word and queue lock (a friend of
+// WaitGroup).
+struct WaitGroupPeer {
+  static std::uint64_t State(const WaitGroup& wg) {
+    return wg.state_.load(std::memory_order_acquire);
+  }
+  static sched_internal::Lock& QueueLock(WaitGroup& wg) { return wg.lock_; }
+};
+
+}  // namespace sync_internal
 namespace {
+
+using sync_internal::WaitGroupPeer;
 
 #if defined(GORT_SANITIZED)
 constexpr int kScale = 10;
@@ -130,6 +146,97 @@ TEST(WaitGroupThreadTest, WaiterMayDestroyTheWaitGroupAfterWait) {
     a.join();
     b.join();
   }
+}
+
+// The counter's full range, INT32_MAX (Go's limit), works.
+TEST(WaitGroupThreadTest, TheCounterGoesUpToInt32Max) {
+  constexpr std::int64_t kMax = std::numeric_limits<std::int32_t>::max();
+  WaitGroup wg;
+  wg.Add(kMax);
+  EXPECT_EQ(wg.count(), kMax);
+  std::thread t([&] { wg.Wait(); });
+  wg.Add(-(kMax - 1));
+  wg.Done();
+  t.join();
+  EXPECT_EQ(wg.count(), 0);
+  wg.Add(kMax - 1);
+  wg.Add(1);
+  wg.Add(-kMax);
+  wg.Wait();
+}
+
+// Never a silent wrap: a counter past INT32_MAX, or a delta outside 32 bits
+// (which used to be truncated: Add(1 << 32) did nothing), is fatal with its
+// own message; a delta below INT32_MIN makes the counter negative.
+TEST(WaitGroupThreadDeathTest, CounterOverflowIsFatal) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  constexpr std::int64_t kMax = std::numeric_limits<std::int32_t>::max();
+  EXPECT_DEATH(
+      {
+        WaitGroup wg;
+        wg.Add(std::int64_t{1} << 32);
+      },
+      "fatal: sync: WaitGroup counter overflow");
+  EXPECT_DEATH(
+      {
+        WaitGroup wg;
+        wg.Add(kMax + 1);
+      },
+      "fatal: sync: WaitGroup counter overflow");
+  EXPECT_DEATH(
+      {
+        WaitGroup wg;
+        wg.Add(kMax);
+        wg.Add(1);
+      },
+      "fatal: sync: WaitGroup counter overflow");
+  EXPECT_DEATH(
+      {
+        WaitGroup wg;
+        wg.Add(5);
+        wg.Add(std::numeric_limits<std::int64_t>::max());
+      },
+      "fatal: sync: WaitGroup counter overflow");
+  EXPECT_DEATH(
+      {
+        WaitGroup wg;
+        wg.Add(5);
+        wg.Add(-(std::int64_t{1} << 32));
+      },
+      "fatal: sync: negative WaitGroup counter");
+  EXPECT_DEATH(
+      {
+        WaitGroup wg;
+        wg.Add(std::numeric_limits<std::int64_t>::min());
+      },
+      "fatal: sync: negative WaitGroup counter");
+}
+
+// An Add inside the release window of a round (the counter has just reached
+// zero and the waiters are being released) is the misuse WaitGroup reports.
+// Made deterministic by holding the queue lock, so that the releaser stalls
+// inside its window.
+TEST(WaitGroupThreadDeathTest, AddWhileTheWaitersAreReleasedIsFatal) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_DEATH(
+      {
+        constexpr std::uint64_t kOne = std::uint64_t{1} << 32;
+        WaitGroup wg;
+        wg.Add(1);
+        std::thread waiter([&] { wg.Wait(); });
+        // Counter 1, one waiter counted.
+        while (WaitGroupPeer::State(wg) != (kOne | 1))
+          std::this_thread::yield();
+        WaitGroupPeer::QueueLock(wg).lock();
+        std::thread releaser([&] { wg.Done(); });
+        // Counter 0 with the waiter still counted: the window is open.
+        while (WaitGroupPeer::State(wg) != 1) std::this_thread::yield();
+        wg.Add(1);
+        WaitGroupPeer::QueueLock(wg).unlock();
+        releaser.join();
+        waiter.join();
+      },
+      "fatal: sync: WaitGroup misuse: Add called concurrently with Wait");
 }
 
 TEST(WaitGroupThreadDeathTest, NegativeCounterIsFatal) {
