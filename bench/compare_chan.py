@@ -30,11 +30,26 @@ PAIRS = [
 COUNTER = {"BM_Chan_ParkedMemory/iterations:1/real_time": "rss_per_fiber_bytes"}
 
 
+def per_op_rows(benchmarks, reps):
+    """{run_name: entry}: the median row of each benchmark, or, with one
+    repetition (Google Benchmark then emits no aggregates), its single row."""
+    rows = {}
+    for b in benchmarks:
+        if reps > 1:
+            if b.get("aggregate_name") == "median":
+                rows[b["run_name"]] = b
+        elif "aggregate_name" not in b:
+            rows[b["run_name"]] = b
+    return rows
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--filter", default=".")
     args = ap.parse_args()
+    if args.reps < 1:
+        ap.error("--reps must be at least 1")
 
     bin_dir = build_gort(["//chan:chan_bench"])
     with tempfile.TemporaryDirectory() as tmp:
@@ -45,10 +60,8 @@ def main():
                    "--benchmark_repetitions=%d" % args.reps,
                    "--benchmark_format=json"])
         gort = {}
-        for b in json.loads(res.stdout)["benchmarks"]:
-            if b.get("aggregate_name") != "median":
-                continue
-            name = b["run_name"]
+        rows = per_op_rows(json.loads(res.stdout)["benchmarks"], args.reps)
+        for name, b in rows.items():
             if name not in COUNTER:
                 gort[name] = b["ops"] * 1e9
         # Memory is measured in a fresh process each time: in the shared run,

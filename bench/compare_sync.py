@@ -67,6 +67,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--reps", type=int, default=3)
     args = ap.parse_args()
+    if args.reps < 1:
+        ap.error("--reps must be at least 1")
     load_before = os.getloadavg()[0]
 
     bin_dir = build_gort(["//sync:mutex_bench", "//sync:wait_group_bench"])
