@@ -142,21 +142,33 @@ GORT_TLS_ACCESSOR ThreadState* InitThreadState() {
 
 namespace {
 
-// The report of an overrun compact stack runs on the report stack: the
-// fiber's is full, and formatting the message takes a few KiB.
+// The report of an overrun stack without a guard (compact, or carved past
+// the mprotect guard budget) runs on the report stack: the fiber's is full,
+// and formatting the message takes a few KiB.
 [[noreturn]] void ReportOverrun(void* arg) {
   const Fiber* f = static_cast<const Fiber*>(arg);
   const auto lo = reinterpret_cast<std::uintptr_t>(f->stack().base());
+  const auto id = static_cast<unsigned long long>(f->id());
+  const char* name = f->name() != nullptr ? f->name() : "unnamed";
+  const auto hi = static_cast<unsigned long long>(lo + f->stack().size());
+  if (f->stack().is_compact()) {
+    fiber_internal::Fatal(
+        "fiber stack overflow: fiber %llu (%s) overran its compact stack "
+        "[0x%llx, 0x%llx) (%zu bytes): the canary at its bottom is "
+        "overwritten, and the stack below it (another fiber's) may be "
+        "corrupted; give this fiber a regular stack",
+        id, name, static_cast<unsigned long long>(lo), hi, f->stack().size());
+  }
   fiber_internal::Fatal(
-      "fiber stack overflow: fiber %llu (%s) overran its compact stack "
-      "[0x%llx, 0x%llx) (%zu bytes): the canary at its bottom is overwritten, "
-      "and the stack below it (another fiber's) may be corrupted; give this "
-      "fiber a regular stack",
-      static_cast<unsigned long long>(f->id()),
-      f->name() != nullptr ? f->name() : "unnamed",
-      static_cast<unsigned long long>(lo),
-      static_cast<unsigned long long>(lo + f->stack().size()),
-      f->stack().size());
+      "fiber stack overflow: fiber %llu (%s) overran its unguarded stack "
+      "[0x%llx, 0x%llx) (%zu bytes): the kernel has no MADV_GUARD_INSTALL "
+      "and the mprotect guard budget was exhausted, so the stack had a "
+      "canary instead of a guard; the canary at its bottom is overwritten, "
+      "and the memory below it (%zu bytes of unused guard space, then "
+      "another fiber's stack) may be corrupted; use Linux >= 6.13 or raise "
+      "vm.max_map_count",
+      id, name, static_cast<unsigned long long>(lo), hi, f->stack().size(),
+      kStackGuardSize);
 }
 
 // Fatal()'s question: is the calling thread on a compact stack too small to
@@ -174,11 +186,14 @@ bool OnSmallStack() {
 Fiber::Fiber(Stack stack, const char* name)
     : id_(NextId()), name_(name), stack_(std::move(stack)) {
   stack_.SetOwnerId(id_);
-  if (stack_.is_compact()) {
+  // No guard below the stack (compact, or an old kernel past the mprotect
+  // guard budget): a canary, checked at every switch away.
+  if (!stack_.guarded()) {
     stack_.ArmCanary();
     check_canary_ = true;
-    if (fiber_internal::g_on_small_stack.load(std::memory_order_relaxed) ==
-        nullptr) {  // once: every P creates compact fibers
+    if (stack_.is_compact() &&
+        fiber_internal::g_on_small_stack.load(std::memory_order_relaxed) ==
+            nullptr) {  // once: every P creates compact fibers
       fiber_internal::g_on_small_stack.store(&OnSmallStack,
                                              std::memory_order_relaxed);
     }

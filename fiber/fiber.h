@@ -254,7 +254,8 @@ class Fiber {
   static void SanitizerStartSwitch(Fiber* from, Fiber* to, bool exiting);
   static void SanitizerFinishSwitch(Fiber* from);
   [[noreturn]] static void BadSwitch(Fiber* from, Fiber* to, bool exiting);
-  // Fatal unless the canary of `from`'s compact stack is intact.
+  // Fatal unless the canary of `from`'s unguarded (e.g. compact) stack is
+  // intact.
   static void CheckCanary(const Fiber* from);
   static void SwapExceptionState(fiber_internal::EhGlobals* eh, Fiber* from,
                                  Fiber* to);
@@ -270,7 +271,9 @@ class Fiber {
   void* pending_arg_ = nullptr;
   std::uint64_t id_;
   State state_ = State::kReady;
-  bool check_canary_ = false;  // a compact stack: check it at every switch
+  // No guard below the stack (compact, or past the mprotect guard budget):
+  // check its canary at every switch away.
+  bool check_canary_ = false;
   const char* name_ = nullptr;
   Stack stack_;  // empty for a thread fiber
   // Per-fiber C++ exception state (libstdc++'s __cxa_eh_globals), swapped in

@@ -27,11 +27,13 @@
 //   mprotect(PROT_NONE), which splits the slab's mapping (about two mappings
 //   per stack); those are limited to a quarter of vm.max_map_count stacks
 //   (half of the mappings), and stacks beyond that are handed out WITHOUT a
-//   guard: counted in StackStats::unguarded, with one warning line on stderr.
-//   That trade-off keeps a million-fiber program running on an old kernel
-//   rather than failing at the 16,000th fiber. A frame larger than the guard
-//   can still jump over it into the stack below; keep huge arrays off fiber
-//   stacks.
+//   guard: counted in StackStats::unguarded, with one warning line on stderr,
+//   and marked (guarded() is false) so that their user checks a canary at
+//   their bottom instead, as for compact stacks (//fiber does, at every
+//   switch). That trade-off keeps a million-fiber program running on an old
+//   kernel rather than failing at the 16,000th fiber. A frame larger than the
+//   guard can still jump over it into the stack below; keep huge arrays off
+//   fiber stacks.
 // - Freed stacks go to a per-thread cache (32 per size class, no locks, no
 //   syscalls), then to a shared pool per size class. Stacks are reused LIFO,
 //   so the next fiber gets the stack whose top pages are still in memory. The
@@ -59,7 +61,8 @@
 // Compact stacks (AllocateCompact): an opt-in class of 2 KiB stacks, two to
 // a page, with NO guard: a canary at the bottom, which the user (//fiber, at
 // every switch) checks, finds an overrun only after it has written into the
-// stack below. Same pool, same threading rules.
+// stack below. Same pool, same threading rules. Stack::guarded() tells the
+// stacks that need the canary (compact or carved past the guard budget).
 //
 // Sanitizers: under ASan a stack's memory is poisoned while it is pooled.
 
@@ -85,7 +88,8 @@ inline constexpr std::size_t kStackGuardSize = 64 * 1024;
 // The usable size of a compact stack (Stack::AllocateCompact): 2 KiB, two
 // stacks to a page (16 KiB in ASan and TSan builds).
 inline constexpr std::size_t kCompactStackSize = stack_internal::kCompactSize;
-// The canary at the bottom of every compact stack (part of its usable size).
+// The canary at the bottom of every stack without a guard (part of its usable
+// size): compact stacks, and stacks carved past the mprotect guard budget.
 inline constexpr std::size_t kStackCanaryBytes = stack_internal::kCanaryBytes;
 
 static_assert(kDefaultStackSize == stack_internal::kDefaultSize);
@@ -188,9 +192,21 @@ class Stack {
     return bits_ != 0 && cls() == stack_internal::kCompactClass;
   }
 
-  // Compact stacks only: writes the canary at the bottom of the stack.
+  // False for a stack with no guard below it: a compact stack, or one carved
+  // past the mprotect guard budget on a kernel without MADV_GUARD_INSTALL
+  // (StackStats::unguarded; the slot keeps that state for good, across
+  // pooling, trimming and reuse). Its user arms a canary at its bottom
+  // (ArmCanary) and checks it (CanaryIntact), which finds an overflow only
+  // after it has written below the stack. False for an empty Stack. Cheap:
+  // one relaxed load of a global flag while every slot has a guard.
+  bool guarded() const {
+    return bits_ != 0 && stack_internal::SlotGuarded(top_address(), cls());
+  }
+
+  // Stacks without a guard (!guarded()): writes the canary at the bottom of
+  // the stack, its lowest kStackCanaryBytes.
   void ArmCanary() { stack_internal::ArmCanary(base()); }
-  // Compact stacks only: whether the canary is still intact. A stack is
+  // Stacks without a guard: whether the canary is still intact. A stack is
   // handed out with whatever its previous user left there: arm it first.
   bool CanaryIntact() const { return stack_internal::CanaryIntact(base()); }
 

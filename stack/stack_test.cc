@@ -6,7 +6,10 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <map>
 #include <mutex>
 #include <new>
 #include <random>
@@ -21,6 +24,7 @@
 #endif
 #include "stack/internal/overflow.h"
 #include "stack/internal/pool.h"
+#include "stack/internal/test_hooks.h"
 #include "stack/internal/test_util.h"
 
 namespace gort {
@@ -418,6 +422,95 @@ TEST(StackTest, CompactStackCanaryDetectsAWriteBelowTheStack) {
   Stack other = Stack::AllocateCompact();
   std::memcpy(other.base(), s.base(), kStackCanaryBytes);
   EXPECT_FALSE(other.CanaryIntact());
+}
+
+TEST(StackTest, GuardedTellsWhichStacksNeedACanary) {
+  EXPECT_FALSE(Stack().guarded());
+  EXPECT_FALSE(Stack::AllocateCompact().guarded());
+  if (GetStackStats(false).unguarded == 0) {  // every slot so far is guarded
+    EXPECT_TRUE(Stack::Allocate().guarded());
+    EXPECT_TRUE(Stack::Allocate(kCompactStackSize).guarded());
+    EXPECT_TRUE(Stack::Allocate(3 * Page()).guarded());
+  }
+}
+
+// Run in a child process of its own (the guard mode and budget are fixed when
+// the pool starts): the mprotect fallback with a budget of kTinyBudget guards.
+// Checks that exactly the first slots carved have a guard, that the others
+// say so (guarded() false) whatever happens to them in the pool, and exits 0
+// with "unguarded slots: ok" or 1 with what failed.
+constexpr std::size_t kTinyBudget = 4;
+
+[[noreturn]] void CheckSlotsPastATinyGuardBudget() {
+  stack_internal::ForceFallbackGuardsForTesting();
+  stack_internal::SetGuardBudgetForTesting(kTinyBudget);
+  int failures = 0;
+  auto check = [&failures](bool ok, const char* what) {
+    if (!ok) {
+      std::fprintf(stderr, "FAILED: %s\n", what);
+      ++failures;
+    }
+  };
+  // Three thread-cache batches of fresh default slots, all handed out: the
+  // first batch is carved (and guarded) in address order.
+  constexpr std::size_t kStacks = 3 * stack_internal::kThreadCacheBatch;
+  std::vector<Stack> stacks;
+  for (std::size_t i = 0; i < kStacks; ++i) stacks.push_back(Stack::Allocate());
+  const StackStats stats = GetStackStats(false);
+  check(!stats.lightweight_guards, "the fallback is forced");
+  check(stats.guard_budget == kTinyBudget, "the budget is the tiny one");
+  check(stats.mprotect_guarded == kTinyBudget, "the budget is used up");
+  check(stats.unguarded == stats.live + stats.pooled - kTinyBudget,
+        "every other carved slot is unguarded");
+  std::sort(stacks.begin(), stacks.end(),
+            [](const Stack& a, const Stack& b) { return a.top() < b.top(); });
+  std::map<void*, bool> guarded;  // by top
+  for (std::size_t i = 0; i < kStacks; ++i) {
+    check(stacks[i].guarded() == (i < kTinyBudget),
+          "the lowest (first carved) slots are guarded, the rest are not");
+    guarded[stacks[i].top()] = stacks[i].guarded();
+  }
+  check(guarded.size() == kStacks, "distinct stacks");
+  // The owner id lives next to the guard state: neither disturbs the other.
+  for (Stack& s : stacks) s.SetOwnerId(~std::uint64_t{0});
+  for (std::size_t i = 0; i < kStacks; ++i) {
+    check(stacks[i].guarded() == (i < kTinyBudget), "kept by SetOwnerId");
+  }
+  // An unguarded stack takes a canary like a compact one.
+  Stack& unguarded = stacks.back();
+  unguarded.ArmCanary();
+  check(unguarded.CanaryIntact(), "canary armed");
+  static_cast<volatile char*>(unguarded.base())[0] ^= 1;
+  check(!unguarded.CanaryIntact(), "canary broken");
+  // Reused from the thread cache and the shared pool, then after trimming:
+  // every slot keeps its state.
+  for (int round = 0; round < 2; ++round) {
+    stacks.clear();
+    if (round == 1) ReleaseStackCache();  // trims every pooled stack
+    for (std::size_t i = 0; i < kStacks; ++i) {
+      stacks.push_back(Stack::Allocate());
+      const auto it = guarded.find(stacks.back().top());
+      check(it != guarded.end(), "a reused slot");
+      if (it != guarded.end()) {
+        check(stacks.back().guarded() == it->second,
+              round == 0 ? "kept through the pool" : "kept through trimming");
+      }
+    }
+  }
+  check(GetStackStats(false).unguarded == stats.unguarded, "no new slots");
+  // Other guarded classes past the budget, and the compact class.
+  check(!Stack::Allocate(48 * 1024).guarded(), "another size, unguarded");
+  check(!Stack::AllocateCompact().guarded(), "compact");
+  if (failures == 0) std::fprintf(stderr, "unguarded slots: ok\n");
+  std::_Exit(failures == 0 ? 0 : 1);
+}
+
+TEST(StackDeathTest, SlotsCarvedPastTheGuardBudgetAreMarkedUnguarded) {
+  // A fresh process (re-executed), whose pool has not started.
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_EXIT(CheckSlotsPastATinyGuardBudget(), testing::ExitedWithCode(0),
+              "unguarded slots: ok");
+  GTEST_FLAG_SET(death_test_style, "fast");
 }
 
 TEST(StackTest, TrimmingACompactStackSparesThePageItSharesWithALiveOne) {

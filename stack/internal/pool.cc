@@ -11,6 +11,10 @@
 // - SharedPool::pooled == |resident| + |trimmed| + |trimming| and
 //   SharedPool::carved == the number of slots ever carved (both under mu), so
 //   live = carved - pooled - cached.
+// - A slot of a guarded class carved without a guard (InstallGuard returned
+//   kNone) has a nonzero guard-state byte in its slab header, written before
+//   the slot is first handed out and never changed; g_unguarded_slots is
+//   true from then on. Every other slot's byte is 0 (never written).
 // - A pooled slot (cache, resident, trimming, trimmed) has owner id 0 and,
 //   under ASan, a poisoned usable region. A never-carved slot has owner id 0,
 //   untouched memory and clean shadow.
@@ -44,6 +48,7 @@
 namespace gort::stack_internal {
 
 constinit ClassInfo g_class_info[kMaxSizeClasses] = {};
+constinit std::atomic<bool> g_unguarded_slots{false};
 constinit thread_local ThreadState tls_thread_state;
 
 namespace {
@@ -81,6 +86,13 @@ std::size_t ScaledLimit(std::uint32_t cls, std::size_t stacks) {
 }
 
 void OnThreadExit(void* arg);
+
+// Records that the slot whose top is `top` was carved without a guard, before
+// it is handed out (its user arms and checks a canary instead).
+void MarkUnguarded(std::uintptr_t top, std::uint32_t cls) {
+  GuardStateCell(top, cls)->store(1, std::memory_order_relaxed);
+  g_unguarded_slots.store(true, std::memory_order_relaxed);
+}
 
 // Leaked singleton: stacks freed by static destructors or by threads that
 // outlive main() still find a working pool.
@@ -210,8 +222,14 @@ class Pool {
       }
     }
     // Outside the lock: system calls.
-    if (ci.guard != 0) InstallGuards(slots, n, ci.guard);
-    for (std::uint32_t i = 0; i < n; ++i) out[i] = slots[i] + ci.stride;
+    GuardKind kinds[kThreadCacheCapacity];
+    if (ci.guard != 0) InstallGuards(slots, n, ci.guard, kinds);
+    for (std::uint32_t i = 0; i < n; ++i) {
+      out[i] = slots[i] + ci.stride;
+      if (ci.guard != 0 && kinds[i] == GuardKind::kNone) {
+        MarkUnguarded(out[i], cls);
+      }
+    }
     PrefaultSlots(cls, out, n);
   }
 
@@ -230,8 +248,11 @@ class Pool {
       ++sp.carve_next;
       ++sp.carved;
     }
-    if (ci.guard != 0) InstallGuard(slot, ci.guard);  // outside the lock
     const std::uintptr_t top = slot + ci.stride;
+    // Outside the lock: a system call.
+    if (ci.guard != 0 && InstallGuard(slot, ci.guard) == GuardKind::kNone) {
+      MarkUnguarded(top, cls);
+    }
     PrefaultSlots(cls, &top, 1);
     return top;
   }
@@ -316,7 +337,11 @@ class Pool {
     ci.guard = compact ? 0 : GuardBytes();
     ci.stride = ci.guard + usable;
     const std::size_t upper = kSlabBytes / ci.stride;
-    ci.header = (upper * sizeof(std::uint64_t) + page - 1) / page * page;
+    // Owner ids, then (guarded classes) one guard-state byte per slot.
+    ci.guard_states = compact ? 0 : upper * sizeof(std::uint64_t);
+    const std::size_t header_bytes =
+        upper * sizeof(std::uint64_t) + (compact ? 0 : upper);
+    ci.header = (header_bytes + page - 1) / page * page;
     ci.slots = (kSlabBytes - ci.header) / ci.stride;
     ci.stride_shift = static_cast<unsigned>(__builtin_ctzll(ci.stride));
     const std::uint64_t odd = ci.stride >> ci.stride_shift;

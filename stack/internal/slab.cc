@@ -48,6 +48,7 @@ SlabDescriptor g_slabs[kMaxSlabs];  // guarded by g_slab_mu until published
 std::atomic<std::size_t> g_slab_count{0};
 
 std::atomic<bool> g_force_mprotect{false};
+std::atomic<std::size_t> g_forced_budget{0};  // 0: from vm.max_map_count
 std::atomic<bool> g_guards_initialized{false};
 GuardMode g_guard_mode = GuardMode::kLightweight;
 std::size_t g_guard_budget = 0;
@@ -90,7 +91,8 @@ void WarnUnguardedOnce() {
   std::fprintf(stderr,
                "gort: warning: stack guard budget exhausted (%zu mprotect "
                "guards, half of vm.max_map_count); further fiber stacks have "
-               "NO guard page and an overflow will corrupt memory silently "
+               "NO guard page, only a canary checked at every fiber switch, "
+               "which finds an overflow after it has written below the stack "
                "(use Linux >= 6.13 for MADV_GUARD_INSTALL, or raise "
                "vm.max_map_count)\n",
                g_guard_budget);
@@ -121,11 +123,21 @@ void ForceFallbackGuardsForTesting() {
   g_force_mprotect.store(true, std::memory_order_release);
 }
 
+void SetGuardBudgetForTesting(std::size_t stacks) {
+  if (g_guards_initialized.load(std::memory_order_acquire)) {
+    StackFatal(
+        "SetGuardBudgetForTesting() called after the stack pool was "
+        "initialized");
+  }
+  g_forced_budget.store(stacks, std::memory_order_release);
+}
+
 void InitGuards() {
   const long page = sysconf(_SC_PAGESIZE);
   if (page > 0) g_page_size = static_cast<std::size_t>(page);
   g_guard_bytes = std::max<std::size_t>(64 * 1024, g_page_size);
-  g_guard_budget = ComputeGuardBudget();
+  const std::size_t forced = g_forced_budget.load(std::memory_order_acquire);
+  g_guard_budget = forced != 0 ? forced : ComputeGuardBudget();
   if (g_force_mprotect.load(std::memory_order_acquire) ||
       !ProbeLightweightGuards()) {
     g_guard_mode = GuardMode::kMprotect;
@@ -278,8 +290,8 @@ iovec* IovBuffer() {
 
 }  // namespace
 
-void InstallGuards(const std::uintptr_t* starts, std::size_t n,
-                   std::size_t len) {
+void InstallGuards(const std::uintptr_t* starts, std::size_t n, std::size_t len,
+                   GuardKind* kinds) {
   std::size_t done = 0;
   if (g_guard_mode == GuardMode::kLightweight && n > 1) {
     iovec* const iov = IovBuffer();
@@ -290,11 +302,16 @@ void InstallGuards(const std::uintptr_t* starts, std::size_t n,
         iov[i].iov_len = len;
       }
       const std::size_t got = BatchAdvise(iov, k, MADV_GUARD_INSTALL);
+      for (std::size_t i = 0; i < got; ++i) {
+        kinds[done + i] = GuardKind::kLightweight;
+      }
       done += got;
       if (got < k) break;  // the rest one by one: every slot gets its guard
     }
   }
-  for (std::size_t i = done; i < n; ++i) InstallGuard(starts[i], len);
+  for (std::size_t i = done; i < n; ++i) {
+    kinds[i] = InstallGuard(starts[i], len);
+  }
 }
 
 void PrefaultTops(const std::uintptr_t* tops, std::size_t n,

@@ -55,14 +55,17 @@ std::uintptr_t ReserveSlab(std::uint32_t cls);
 
 // Makes [start, start + len) a guard. Called once per slot, when the slot is
 // first carved. In kMprotect mode, beyond the budget, returns kNone, counts
-// the slot as unguarded and prints one warning line (once per process).
+// the slot as unguarded and prints one warning line (once per process); the
+// caller marks the slot (GuardStateCell in size_class.h) so that its user
+// checks a canary instead.
 GuardKind InstallGuard(std::uintptr_t start, std::size_t len);
 
 // Installs the guards [starts[i], starts[i] + len) of n freshly carved slots,
 // in as few system calls as the kernel allows (process_madvise batches them
-// in lightweight mode); otherwise one InstallGuard() each.
-void InstallGuards(const std::uintptr_t* starts, std::size_t n,
-                   std::size_t len);
+// in lightweight mode); otherwise one InstallGuard() each. kinds[i] is what
+// slot i got.
+void InstallGuards(const std::uintptr_t* starts, std::size_t n, std::size_t len,
+                   GuardKind* kinds);
 
 // Makes [tops[i] - bytes, tops[i]) resident for n stacks, with
 // MADV_POPULATE_WRITE, batched through process_madvise where supported, so

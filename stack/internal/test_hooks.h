@@ -5,6 +5,8 @@
 #ifndef GORT_STACK_INTERNAL_TEST_HOOKS_H_
 #define GORT_STACK_INTERNAL_TEST_HOOKS_H_
 
+#include <cstddef>
+
 namespace gort::stack_internal {
 
 // Makes the pool use mprotect(PROT_NONE) guards (the fallback for kernels
@@ -13,6 +15,13 @@ namespace gort::stack_internal {
 // PrepareThreadForStacks() in the process (e.g. from a static initializer of
 // the test binary); fatal otherwise.
 void ForceFallbackGuardsForTesting();
+
+// Sets the number of mprotect guards the fallback may install (normally
+// vm.max_map_count / 4), so that a test reaches the slots carved past the
+// budget, without a guard, after a few allocations. 0 restores the default.
+// Same rule: before the first Stack::Allocate() or PrepareThreadForStacks()
+// in the process; fatal otherwise.
+void SetGuardBudgetForTesting(std::size_t stacks);
 
 }  // namespace gort::stack_internal
 
