@@ -42,7 +42,7 @@ class RunQueue {
   static constexpr std::uint32_t capacity() { return kCapacity; }
 
   // A batch of elements taken off a full ring, for the caller to move to a
-  // shared queue (Go's runqputslow). Linked in FIFO order.
+  // shared queue (Go's runqputslow), oldest first.
   struct Overflow {
     T* items[kCapacity / 2 + 1];
     std::uint32_t count = 0;
@@ -125,6 +125,15 @@ class RunQueue {
           return t;
         }
       }
+    }
+
+    // The ring's oldest task, without taking it (null if empty): a hint
+    // for prefetching, stale if a thief takes it meanwhile.
+    T* PeekHead() const {
+      std::uint32_t head = q_->head_.load(std::memory_order_relaxed);
+      std::uint32_t tail = q_->tail_.load(std::memory_order_relaxed);
+      if (head == tail) return nullptr;
+      return q_->buf_[head % kCapacity].load(std::memory_order_relaxed);
     }
 
     // Whether the last Pop() returned the runnext task.

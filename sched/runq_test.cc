@@ -59,6 +59,30 @@ TEST(RunQueueTest, PopWithoutNextSkipsRunnext) {
   EXPECT_EQ(local.Pop(), &a);
 }
 
+// The scheduler prefetches the stack of the G that will run next.
+TEST(RunQueueTest, PeekHeadShowsTheRingsOldestWithoutTakingIt) {
+  auto qp = std::make_unique<Q>();  // heap: ASan's fake stack ignores alignas(64)
+  Q& q = *qp;
+  auto local = q.local();
+  Q::Overflow overflow;
+  Task a{1}, b{2}, c{3};
+  EXPECT_EQ(local.PeekHead(), nullptr);
+  local.PushNext(&c);
+  EXPECT_EQ(local.PeekHead(), nullptr);  // runnext is not the ring
+  ASSERT_TRUE(local.Push(&a, overflow));
+  ASSERT_TRUE(local.Push(&b, overflow));
+  EXPECT_EQ(local.PeekHead(), &a);
+  EXPECT_EQ(local.Size(), 3u);
+  EXPECT_EQ(local.Pop(), &c);
+  EXPECT_EQ(local.PeekHead(), &a);
+  EXPECT_EQ(local.Pop(), &a);
+  EXPECT_EQ(local.PeekHead(), &b);
+  auto other = std::make_unique<Q>();
+  auto dst = other->local();
+  EXPECT_EQ(q.stealer().StealInto(dst, /*steal_next=*/false), &b);
+  EXPECT_EQ(local.PeekHead(), nullptr);
+}
+
 // What the scheduler's thieves test before pausing for a running P: an
 // empty ring, with or without a runnext (which Size() counts).
 TEST(RunQueueTest, RingEmptyIgnoresRunnext) {

@@ -37,6 +37,7 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <typeinfo>
 #include <vector>
 
 #include "absl/time/clock.h"
@@ -109,6 +110,8 @@ struct alignas(64) G {
   // The callable: its first 24 bytes share the first cache line.
   alignas(void*) unsigned char task_storage[kTaskInlineBytes];
   // --- Written by the M that runs it. ---
+  // Stored through std::atomic_ref (PrefetchQueueHead reads it from other
+  // Ms); the M that owns g reads it plainly.
   Fiber* fiber = nullptr;
   // While g is off its M (parked or yielded): its fiber's saved frame
   // pointer, for fiber dumps (FiberInfo). Null while it runs.
@@ -605,12 +608,15 @@ void CancelTimer(Timer* t) {
 // A G woken by its timer has usually slept long enough for its stack to
 // have left the caches (and its page the TLB): resuming it would stall on
 // its control block, then on each frame it returns through, one miss after
-// another. Called while the G is still parked (its fields are stable),
-// this starts fetching those lines in parallel: the control block, and up
-// to 2 KiB of frames from the switch's saved frame pointer towards the top
-// of the stack. Prefetches never fault, so a stale address costs nothing.
+// another. This starts fetching those lines in parallel: the control
+// block, and up to 2 KiB of frames from the switch's saved frame pointer
+// towards the top of the stack. Prefetches never fault, so a stale address
+// costs nothing, and `g` may be a G that another M is taking or running
+// meanwhile (PrefetchQueueHead): its `fiber` is read atomically, and
+// `saved_fp` is null while it runs.
 void PrefetchParkedStack(G* g) {
-  const char* block = reinterpret_cast<const char*>(g->fiber);
+  const char* block = reinterpret_cast<const char*>(
+      std::atomic_ref<Fiber*>(g->fiber).load(std::memory_order_relaxed));
   if (block == nullptr) return;
   __builtin_prefetch(block, 1, 2);
   __builtin_prefetch(block + 64, 1, 2);
@@ -627,6 +633,34 @@ void PrefetchParkedStack(G* g) {
   for (const char* a = fp - kBelow; a < end; a += 64) {
     __builtin_prefetch(a, 1, 2);
   }
+}
+
+// Called by p's owner when it has just taken a G from its ring: starts
+// fetching the stack of the G that will run after it (the ring's head now),
+// for which the prefetch on its ReadyG, often hundreds of Gs earlier, may
+// have been evicted again. With a million 100 ms sleepers the resume of each
+// woken fiber otherwise stalled on its control block (`to->state_` in the
+// switch: 12% of the default-stack demo's profile). Measured 2026-11-28,
+// alternating binaries: docs/sched.md, "Timers".
+inline void PrefetchQueueHead(RunQueue<G>::Local& local) {
+  if (G* next = local.PeekHead()) PrefetchParkedStack(next);
+}
+
+// Takes the next G from p's local queue: runnext first, unless runnext has
+// pre-empted the ring kRunnextCap times in a row (two fibers that keep
+// readying each other would otherwise starve every G queued behind them).
+// Both ways of switching (G to G in NextLocal, through g0 in FindRunnable)
+// take Gs only through here. Executed only by p's owner. Inline: it is
+// on the path of every yield and hand-off.
+__attribute__((always_inline)) inline G* PopLocal(P* p) {
+  auto local = p->runq.local();
+  const bool capped = p->runnext_streak >= kRunnextCap;
+  G* g = local.Pop(/*use_next=*/!capped);
+  if (g == nullptr && capped) g = local.Pop(/*use_next=*/true);  // ring empty
+  if (g == nullptr) return nullptr;
+  PrefetchQueueHead(local);
+  p->runnext_streak = local.last_pop_was_next() ? p->runnext_streak + 1 : 0;
+  return g;
 }
 
 // Fires up to `budget` (at most 64) of p's due timers; returns how many.
@@ -931,7 +965,7 @@ top:
       std::lock_guard<Lock> l(g_sched->lock);
       if (G* g = GlobRunqGet(p, 1)) return g;
     }
-    if (G* g = p->runq.local().Pop()) return g;
+    if (G* g = PopLocal(p)) return g;
     if (g_sched->runq_size.load(std::memory_order_relaxed) > 0) {
       std::lock_guard<Lock> l(g_sched->lock);
       if (G* g = GlobRunqGet(p, 0)) return g;
@@ -1048,16 +1082,8 @@ G* NextLocal(M* m, P* p) {
       return nullptr;
     }
   }
-  auto local = p->runq.local();
-  G* g = nullptr;
-  if (p->runnext_streak >= kRunnextCap) {
-    g = local.Pop(/*use_next=*/false);
-    if (g == nullptr) g = local.Pop(true);
-  } else {
-    g = local.Pop(true);
-  }
+  G* g = PopLocal(p);
   if (g == nullptr) return nullptr;
-  p->runnext_streak = local.last_pop_was_next() ? p->runnext_streak + 1 : 0;
   if (g->locked_m != nullptr && g->locked_m != m) {
     m->pending = g;  // g0 hands it to its own M
     return nullptr;
@@ -1077,9 +1103,11 @@ __attribute__((noinline)) void CreateFiber(G* g) {
   Fiber::Options opts;
   opts.stack_size = g_sched->options.stack_size;
   opts.compact_stack = g->compact_stack;
-  g->fiber = Fiber::Create([g] { RunG(g); }, opts);
-  g->fiber->set_user_data(g);
-  g->fiber->set_exit_handler(&GExit);
+  Fiber* f = Fiber::Create([g] { RunG(g); }, opts);
+  f->set_user_data(g);
+  f->set_exit_handler(&GExit);
+  // Atomic: PrefetchQueueHead may read it from another M.
+  std::atomic_ref<Fiber*>(g->fiber).store(f, std::memory_order_relaxed);
 }
 
 inline void EnsureFiber(G* g) {
@@ -1199,7 +1227,7 @@ G* AllocG() {
 // on any thread, for a G that never ran).
 void FreeG(G* g) {
   g->status.store(GStatus::kDead, std::memory_order_relaxed);
-  g->fiber = nullptr;
+  std::atomic_ref<Fiber*>(g->fiber).store(nullptr, std::memory_order_relaxed);
   M* m = GetM();
   P* p = m != nullptr && !m->in_blocking ? m->p : nullptr;
   if (p == nullptr) {
@@ -1254,6 +1282,19 @@ void GExit(Fiber* self) {
   SwitchAway(/*exiting=*/true, &GExitHook, nullptr);
 }
 
+// An exception escaped g's function: the process ends, as an unrecovered
+// panic ends a Go program, with a message that names g as fiber dumps
+// (ForEachFiber), the trace and the long-running report do: its id and
+// where Go() started it.
+[[noreturn]] void UncaughtException(G* g, const char* type,
+                                    const char* what) {
+  fiber_internal::Fatal(
+      "uncaught exception in fiber %llu, started at %s:%d: %s%s%s",
+      static_cast<unsigned long long>(g->id),
+      g->created_file != nullptr ? g->created_file : "?", g->created_line,
+      type, what != nullptr ? ": " : "", what != nullptr ? what : "");
+}
+
 void RunG(G* g) {
   TaskFn task = g->task;
   g->task = nullptr;  // the call below destroys it, even if it throws
@@ -1266,6 +1307,11 @@ void RunG(G* g) {
     }
   } catch (const ExitSignal&) {
     if (MainState* main = g->main) main->fn = nullptr;
+  } catch (const std::exception& e) {
+    UncaughtException(g, typeid(e).name(), e.what());
+  } catch (...) {
+    UncaughtException(g, "an exception that is not a std::exception",
+                      nullptr);
   }
   if (MainState* main = g->main) {
     g->main = nullptr;        // a reused G starts with it null
@@ -1679,8 +1725,8 @@ void SysmonLoop() {
     }
     if (now >= next_trace) {
       SchedStats s = GetSchedStats();
-      std::string queues;
-      for (int i = 0; i < procs; ++i) {
+      std::string queues;  // the Ps in use (a retired P's queue is moved)
+      for (int i = 0; i < std::min(procs, s.procs); ++i) {
         queues += (i ? " " : "") +
                   std::to_string(g_sched->allp[i]->runq.Size());
       }
@@ -1716,8 +1762,11 @@ int DefaultProcs() {
     int n = std::atoi(env);
     if (n >= 1) return std::min(n, kMaxProcs);
   }
+  // The process's CPUs: its main thread's affinity (what Go reads at
+  // start-up), not that of whichever thread happens to start the runtime,
+  // which may have been pinned to one CPU.
   cpu_set_t set;
-  if (sched_getaffinity(0, sizeof(set), &set) == 0) {
+  if (sched_getaffinity(getpid(), sizeof(set), &set) == 0) {
     return std::clamp(CPU_COUNT(&set), 1, kMaxProcs);
   }
   return std::clamp(static_cast<int>(std::thread::hardware_concurrency()), 1,

@@ -1,6 +1,7 @@
-// Scheduler benchmarks (the W-workloads of ARCHITECTURE.md), beside the
-// matching Go programs in bench/go (bench/compare_sched.py runs both and
-// prints ratios; bench/scaling.sh runs them at 1 to 16 Ps).
+// Scheduler benchmarks (the W1 spawn and W6 yield workloads, park/unpark
+// ping-pong, skewed load, a million sleepers), beside the matching Go
+// programs in bench/go (bench/compare_sched.py runs both and prints ratios;
+// bench/scaling.sh runs them at 1 to 16 Ps).
 //
 //   bazel run --config=opt //sched:sched_bench
 //   CPUPROFILE=/tmp/sched.prof bazel run --config=opt //sched:sched_bench -- --benchmark_filter=Spawn
@@ -9,8 +10,8 @@
 // Each benchmark sets MaxProcs to its argument; the runtime stays up
 // between benchmarks. The Ps measured are 1 and 2 (this project's machine
 // has 2 cores); on a bigger one, e.g. GORT_BENCH_PROCS=1,2,4,8,16. Per-item
-// costs are reported as the counter
-// "ns_per_op" (wall time / operations), which is what Go's programs print.
+// costs are reported as the counter "ops" (seconds of wall time per
+// operation; x 1e9 is the ns per op that Go's programs print).
 
 #include <sys/resource.h>
 
@@ -27,11 +28,13 @@
 #include "sched/sched.h"
 #include "sched/testing/bench.h"
 #include "sched/testing/latch.h"
+#include "sched/testing/mailbox.h"
 
 namespace gort {
 namespace {
 
 using testing::Latch;
+using testing::Mailbox;
 
 using testing::ReportPerOp;
 using testing::RunInFiber;
@@ -90,40 +93,6 @@ void BM_Sched_Yield(benchmark::State& state) {
 BENCHMARK(BM_Sched_Yield)->UseRealTime()->Unit(benchmark::kMillisecond);
 
 // Two fibers hand a token back and forth through the parking API.
-struct Mailbox {
-  sched_internal::Lock mu;
-  bool full = false;
-  ParkTicket waiter;
-
-  void Put() {
-    ParkTicket t;
-    {
-      std::lock_guard<sched_internal::Lock> l(mu);
-      full = true;
-      t = waiter;
-      waiter = {};
-    }
-    if (t) Unpark(t);
-  }
-  void Take() {
-    for (;;) {
-      mu.lock();
-      if (full) {
-        full = false;
-        mu.unlock();
-        return;
-      }
-      waiter = Parker::Current()->Prepare();
-      Park(waiter, WaitReason::kPark,
-           [](void* m) {
-             static_cast<sched_internal::Lock*>(m)->unlock();
-             return true;
-           },
-           &mu);
-    }
-  }
-};
-
 void BM_Sched_ParkUnparkPingPong(benchmark::State& state) {
   SetMaxProcs(static_cast<int>(state.range(0)));
   constexpr int kRounds = 1'000'000;
