@@ -1,5 +1,7 @@
 #include "fiber/fiber.h"
 
+#include <execinfo.h>
+
 #include <atomic>
 #include <cfenv>
 #include <cstdint>
@@ -424,6 +426,42 @@ TEST(FiberTest, SuspendedFiberStackIsWalkable) {
   EXPECT_GE(frames, 1);
   f->Resume();
   Fiber::Destroy(f);
+}
+
+// backtrace() `depth` calls deep (not tail calls: the frames stay).
+__attribute__((noinline)) int BacktraceAtDepth(int depth, void** frames,
+                                               int max) {
+  if (depth == 0) return backtrace(frames, max);
+  const int n = BacktraceAtDepth(depth - 1, frames, max);
+  asm volatile("" ::: "memory");
+  return n;
+}
+
+// The DWARF unwinder (glibc's backtrace(), through libgcc's
+// _Unwind_Backtrace), called a few frames deep inside a fiber, walks up
+// through the fiber's frames and stops at the entry trampoline, whose CFI
+// marks the return address undefined: its last frame is the trampoline's
+// call to the entry function, and the walk neither crashes nor runs on
+// past the fiber's stack into whatever lies above it.
+TEST(FiberTest, BacktraceInsideAFiberStopsAtTheTrampoline) {
+  constexpr int kDepth = 5;
+  constexpr int kMax = 256;
+  void* frames[kMax] = {};
+  int n = 0;
+  Fiber* f = Fiber::Create([&] { n = BacktraceAtDepth(kDepth, frames, kMax); });
+  f->Resume();
+  EXPECT_TRUE(f->finished());
+  Fiber::Destroy(f);
+  // BacktraceAtDepth's kDepth + 1 frames, the lambda, the entry glue.
+  EXPECT_GT(n, kDepth + 2);
+  EXPECT_LT(n, 48);  // a walk that does not stop fills all kMax, or crashes
+  ASSERT_GT(n, 0);
+  // The trampoline's return address: a few bytes past its start.
+  const auto trampoline =
+      reinterpret_cast<std::uintptr_t>(&gort_fiber_trampoline);
+  const auto last = reinterpret_cast<std::uintptr_t>(frames[n - 1]);
+  EXPECT_GT(last, trampoline);
+  EXPECT_LT(last, trampoline + 32);
 }
 
 // The callable is constructed in place in the control block: a copy that

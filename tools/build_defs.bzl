@@ -41,13 +41,20 @@ def gort_cc_test(name, deps = [], copts = [], local_defines = [], size = "small"
         **kwargs
     )
 
-def gort_cc_bench(name, deps = [], copts = [], tags = [], **kwargs):
-    """A Google Benchmark binary. Writes a gperftools CPU profile to $CPUPROFILE."""
+def gort_cc_bench(name, deps = [], copts = [], tags = [], visibility = None, **kwargs):
+    """A Google Benchmark binary. Writes a gperftools CPU profile to $CPUPROFILE.
+
+    Visible to //tools, whose bench_profile_test checks that profile."""
+    if visibility == None or visibility == ["//visibility:private"]:
+        visibility = ["//tools:__pkg__"]
+    elif "//visibility:public" not in visibility:
+        visibility = visibility + ["//tools:__pkg__"]
     native.cc_binary(
         name = name,
         testonly = 1,
         copts = GORT_COPTS + copts,
         tags = tags + ["benchmark"],
+        visibility = visibility,
         deps = deps + ["@com_github_google_benchmark//:benchmark_main"] + _PROFILER,
         **kwargs
     )
