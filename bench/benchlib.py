@@ -34,3 +34,16 @@ def go_value(binary, flags, key="ns_per_op"):
     """Runs a Go program once and returns the number it prints after `key`."""
     out = run([binary] + list(flags)).stdout
     return float(re.search(r"^" + key + r" ([0-9.]+)", out, re.M).group(1))
+
+
+def per_op_rows(benchmarks, reps):
+    """{run_name: entry}: the median row of each benchmark, or, with one
+    repetition (Google Benchmark then emits no aggregates), its single row."""
+    rows = {}
+    for b in benchmarks:
+        if reps > 1:
+            if b.get("aggregate_name") == "median":
+                rows[b["run_name"]] = b
+        elif "aggregate_name" not in b:
+            rows[b["run_name"]] = b
+    return rows

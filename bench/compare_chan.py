@@ -15,7 +15,7 @@ import statistics
 import sys
 import tempfile
 
-from benchlib import build_go, build_gort, go_value, run
+from benchlib import build_go, build_gort, go_value, per_op_rows, run
 
 # gort benchmark name -> (Go program, its flags, the number Go prints)
 PAIRS = [
@@ -28,19 +28,6 @@ PAIRS = [
 ]
 # Counters other than the per-op time, by benchmark name.
 COUNTER = {"BM_Chan_ParkedMemory/iterations:1/real_time": "rss_per_fiber_bytes"}
-
-
-def per_op_rows(benchmarks, reps):
-    """{run_name: entry}: the median row of each benchmark, or, with one
-    repetition (Google Benchmark then emits no aggregates), its single row."""
-    rows = {}
-    for b in benchmarks:
-        if reps > 1:
-            if b.get("aggregate_name") == "median":
-                rows[b["run_name"]] = b
-        elif "aggregate_name" not in b:
-            rows[b["run_name"]] = b
-    return rows
 
 
 def main():

@@ -15,7 +15,7 @@ import statistics
 import sys
 import tempfile
 
-from benchlib import build_go, build_gort, go_value, run
+from benchlib import build_go, build_gort, go_value, per_op_rows, run
 
 # gort benchmark name -> (Go program, its flags)
 PAIRS = [
@@ -34,6 +34,8 @@ def main():
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--filter", default="Spawn|Yield|PingPong|Skewed")
     args = ap.parse_args()
+    if args.reps < 1:
+        ap.error("--reps must be at least 1")
 
     bin_dir = build_gort(["//sched:sched_bench"])
     with tempfile.TemporaryDirectory() as tmp:
@@ -43,10 +45,8 @@ def main():
                    "--benchmark_filter=" + args.filter,
                    "--benchmark_repetitions=%d" % args.reps,
                    "--benchmark_format=json"])
-        gort = {}
-        for b in json.loads(res.stdout)["benchmarks"]:
-            if b.get("aggregate_name") == "median":
-                gort[b["run_name"]] = b["ops"] * 1e9  # seconds/op -> ns/op
+        rows = per_op_rows(json.loads(res.stdout)["benchmarks"], args.reps)
+        gort = {name: b["ops"] * 1e9 for name, b in rows.items()}  # s -> ns
 
         rows = []
         for name, prog, flags in PAIRS:

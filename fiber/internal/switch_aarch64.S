@@ -9,7 +9,7 @@
 // Saved frame, from the saved stack pointer upwards (SwitchFrame in context.h):
 //   0: x19 x20  16: x21 x22  32: x23 x24  48: x25 x26  64: x27 x28
 //   80: x29 x30  96: d8 d9  112: d10 d11  128: d12 d13  144: d14 d15
-//   160: fpcr  168: padding                               (176 bytes)
+//   160: fpcr  168: fpsr                                  (176 bytes)
 #if defined(__aarch64__)
         .text
         .globl  gort_fiber_switch
