@@ -76,7 +76,7 @@ TEST(ErrGroupDeathTest, AnEscapingExceptionIsFatal) {
         (void)g.Wait();
       },
       // (The scheduler may name the fiber's start site after its id.)
-      "fatal: uncaught exception in fiber [0-9]+(, started at [^:]+:[0-9]+)?: "
+      "fatal: uncaught exception in fiber [0-9]+, started at [^:]+:[0-9]+: "
       ".*kaboom");
 }
 
