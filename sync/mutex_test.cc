@@ -16,6 +16,7 @@
 #include "sched/testing/runtime_test.h"
 #include "sync/internal/sema.h"
 #include "sync/testing/fibers.h"
+#include "sync/testing/starvation_watch.h"
 #include "sync/wait_group.h"
 
 namespace gort {
@@ -396,31 +397,7 @@ TEST_P(MutexTest, StarvationModeHandsTheLockToTheOldestWaiter) {
   EXPECT_GT(sync_internal::MutexStarvationCount(), starvations_before);
 }
 
-// Watches one victim's Lock through mutex_starving_waiter_hook: whether
-// that task (not any other) queued in starvation mode, and how many times
-// the hammers had locked the mutex when it last did.
-struct StarvationWatch {
-  static inline std::atomic<const Mutex*> mu{nullptr};
-  static inline std::atomic<Parker*> victim{nullptr};
-  static inline std::atomic<std::int64_t> hammer_locks{0};
-  static inline std::atomic<int> marks{0};
-  static inline std::atomic<std::int64_t> hammer_locks_at_mark{0};
-
-  static void Hook(const Mutex* m) {
-    if (m != mu.load() || Parker::Current() != victim.load()) return;
-    hammer_locks_at_mark.store(hammer_locks.load());
-    marks.fetch_add(1);
-  }
-  explicit StarvationWatch(const Mutex* m) {
-    mu = m;
-    sync_internal::mutex_starving_waiter_hook.store(&Hook);
-  }
-  ~StarvationWatch() {
-    sync_internal::mutex_starving_waiter_hook.store(nullptr);
-    mu = nullptr;
-    victim = nullptr;
-  }
-};
+using testing::StarvationWatch;
 
 // The hammer test: threads lock and unlock in tight loops, holding the lock
 // for a moment each time, while one fiber (or thread), the victim, calls

@@ -17,6 +17,7 @@
 #include "sync/mutex.h"
 #include "sync/once.h"
 #include "sync/rw_mutex.h"
+#include "sync/testing/starvation_watch.h"
 #include "sync/wait_group.h"
 
 namespace gort {
@@ -123,31 +124,7 @@ TEST(SyncThreadTest, MutexStressThreadsIncrementACounter) {
   EXPECT_EQ(MutexPeer::State(mu), 0);
 }
 
-// Watches one victim's Lock through mutex_starving_waiter_hook (see
-// mutex_test.cc): whether that thread queued in starvation mode, and how
-// many times the hammers had locked the mutex when it last did.
-struct StarvationWatch {
-  static inline std::atomic<const Mutex*> mu{nullptr};
-  static inline std::atomic<Parker*> victim{nullptr};
-  static inline std::atomic<std::int64_t> hammer_locks{0};
-  static inline std::atomic<int> marks{0};
-  static inline std::atomic<std::int64_t> hammer_locks_at_mark{0};
-
-  static void Hook(const Mutex* m) {
-    if (m != mu.load() || Parker::Current() != victim.load()) return;
-    hammer_locks_at_mark.store(hammer_locks.load());
-    marks.fetch_add(1);
-  }
-  explicit StarvationWatch(const Mutex* m) {
-    mu = m;
-    sync_internal::mutex_starving_waiter_hook.store(&Hook);
-  }
-  ~StarvationWatch() {
-    sync_internal::mutex_starving_waiter_hook.store(nullptr);
-    mu = nullptr;
-    victim = nullptr;
-  }
-};
+using testing::StarvationWatch;
 
 // Threads hammer the lock (holding it a moment each time); another thread,
 // the victim, calls Lock once per round. It always gets the lock, it starves
