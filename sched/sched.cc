@@ -649,8 +649,9 @@ inline void PrefetchQueueHead(RunQueue<G>::Local& local) {
 // Takes the next G from p's local queue: runnext first, unless runnext has
 // pre-empted the ring kRunnextCap times in a row (two fibers that keep
 // readying each other would otherwise starve every G queued behind them).
-// Both ways of switching (G to G in NextLocal, through g0 in FindRunnable)
-// take Gs only through here. Executed only by p's owner. Inline: it is
+// Every pop of the local queue goes through here: G to G (NextLocal),
+// through g0 (FindRunnable), and after a spinning M fired timers into its
+// ring (StealWork). Executed only by p's owner. Inline: it is
 // on the path of every yield and hand-off.
 __attribute__((always_inline)) inline G* PopLocal(P* p) {
   auto local = p->runq.local();
@@ -928,7 +929,7 @@ G* StealWork(M* m) {
       if (G* g = thief.StealInto(local, last)) return g;
     }
     if (RunAllTimers(MonoNow(), TimerBudget(local.Size()), FastRand(m))) {
-      if (G* g = local.Pop()) return g;
+      if (G* g = PopLocal(self)) return g;
     }
   }
   return nullptr;

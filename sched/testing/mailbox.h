@@ -2,6 +2,8 @@
 // parking API only: Put() sets the token and readies a parked Take()r (into
 // the caller's runnext when the caller is a fiber), Take() parks until there
 // is a token and takes it. Two of them make a park/unpark ping-pong.
+// Threading: Put() from any fiber or thread; one Take() at a time (there is
+// a single waiter slot), from a fiber or a thread.
 
 #ifndef GORT_SCHED_TESTING_MAILBOX_H_
 #define GORT_SCHED_TESTING_MAILBOX_H_
