@@ -237,6 +237,8 @@ struct P {
   // line another P writes); LiveGs() sums the Ps.
   std::atomic<std::int64_t> exited{0};
   std::atomic<std::uint64_t> syscall_count{0};
+  // The G this P runs; 0 while its M is on g0 (finding work, firing
+  // timers), which the monitor must not report as a long-running fiber.
   std::atomic<std::uint64_t> current_g{0};
   // Free Gs (Go's gFree), as two magazines of up to kGFreeBatch: `gfree`
   // fills and drains one G at a time; `gfree_full` is a full spare. Whole
@@ -501,6 +503,7 @@ M* MIdleGet() {
 
 void AcquireP(M* m, P* p) {
   p->m = m;
+  p->current_g.store(0, std::memory_order_relaxed);  // g0 runs it for now
   p->status.store(kPRunning, std::memory_order_release);
   m->p = p;
 }
@@ -1145,6 +1148,7 @@ void SwitchAway(bool exiting, Fiber::AfterSwitch hook, void* arg) {
     target = next->fiber;
   } else {
     m->curg = nullptr;
+    if (m->p != nullptr) m->p->current_g.store(0, std::memory_order_relaxed);
     target = m->g0;
   }
   if (exiting) Fiber::ExitTo(target, hook, arg);
@@ -1674,13 +1678,17 @@ void SysmonLoop() {
         } else if (!p->reported_long &&
                    now - p->seen_sched_at >= kLongRunningNs) {
           p->reported_long = true;
-          g_sched->long_running.fetch_add(1, std::memory_order_relaxed);
-          if (trace_ns > 0) {
+          const std::uint64_t g = p->current_g.load(std::memory_order_relaxed);
+          // 0: the P's M is on g0 (under ThreadSanitizer a search for work
+          // can take 10 ms): no fiber to report.
+          if (g != 0) {
+            g_sched->long_running.fetch_add(1, std::memory_order_relaxed);
+          }
+          if (g != 0 && trace_ns > 0) {
             std::fprintf(stderr,
                          "SCHED: fiber %llu has run for %lld ms on P %d "
                          "without a scheduling point\n",
-                         static_cast<unsigned long long>(
-                             p->current_g.load(std::memory_order_relaxed)),
+                         static_cast<unsigned long long>(g),
                          static_cast<long long>((now - p->seen_sched_at) /
                                                 1'000'000),
                          p->id);
