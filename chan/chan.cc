@@ -206,48 +206,31 @@ void ChanCore::Destroy() {
   ::operator delete(static_cast<void*>(this), AllocAlign(ops));
 }
 
-bool ChanCore::TrySendLocked(void* src, PutFn put, ParkTicket* wake) {
-  if (Waiter* w = recvq_.Dequeue()) {
-    // Straight into the receiver's storage (Go's sendDirect).
-    put(src, w->elem);
-    w->success = true;
-    *wake = w->ticket;
-    return true;
-  }
-  const std::size_t n = count_.load(std::memory_order_relaxed);
-  if (n < cap_) {
-    std::size_t i = recvx_ + n;
-    if (i >= cap_) i -= cap_;
-    put(src, Slot(i));
-    count_.store(n + 1, std::memory_order_relaxed);
-    return true;
-  }
-  return false;
+bool ChanCore::SendToWaiterLocked(void* src, PutFn put, ParkTicket* wake) {
+  Waiter* w = recvq_.Dequeue();
+  if (w == nullptr) return false;  // only selects already done were queued
+  // Straight into the receiver's storage (Go's sendDirect).
+  put(src, w->elem);
+  w->success = true;
+  *wake = w->ticket;
+  return true;
 }
 
-bool ChanCore::TryRecvLocked(void* dst, ParkTicket* wake) {
-  if (Waiter* w = sendq_.Dequeue()) {
-    if (cap_ == 0) {
-      w->put(w->elem, dst);  // straight from the sender's object
-    } else {
-      // The buffer is full: take its head, and put the sender's value in the
-      // slot that frees up, which is the new tail (Go's recv()).
-      ops_->relocate(dst, Slot(recvx_));
-      w->put(w->elem, Slot(recvx_));
-      if (++recvx_ == cap_) recvx_ = 0;
-    }
-    w->success = true;
-    *wake = w->ticket;
-    return true;
-  }
-  const std::size_t n = count_.load(std::memory_order_relaxed);
-  if (n > 0) {
+bool ChanCore::RecvFromWaiterLocked(void* dst, ParkTicket* wake) {
+  Waiter* w = sendq_.Dequeue();
+  if (w == nullptr) return false;
+  if (cap_ == 0) {
+    w->put(w->elem, dst);  // straight from the sender's object
+  } else {
+    // The buffer is full: take its head, and put the sender's value in the
+    // slot that frees up, which is the new tail (Go's recv()).
     ops_->relocate(dst, Slot(recvx_));
+    w->put(w->elem, Slot(recvx_));
     if (++recvx_ == cap_) recvx_ = 0;
-    count_.store(n - 1, std::memory_order_relaxed);
-    return true;
   }
-  return false;
+  w->success = true;
+  *wake = w->ticket;
+  return true;
 }
 
 bool ChanCore::Send(ChanCore* c, void* src, PutFn put, std::int64_t deadline) {

@@ -40,23 +40,45 @@ class SmallArray {
   T* data_;
 };
 
-// A per-thread xorshift generator (Go's cheaprand). Not inlined, so that a
-// fiber that moved to another thread never uses a stale TLS address.
-__attribute__((noinline)) std::uint32_t CheapRand() {
+// 64 random bits from a per-thread xorshift64* generator (Go's cheaprand
+// is of this family). Not inlined, so that a fiber that moved to another
+// thread never uses a stale TLS address.
+__attribute__((noinline)) std::uint64_t CheapRand64() {
   thread_local std::uint64_t state = 0;
   if (state == 0) {
     state = reinterpret_cast<std::uintptr_t>(&state) * 0x9E3779B97F4A7C15ull |
             1;
   }
-  state ^= state << 13;
-  state ^= state >> 7;
-  state ^= state << 17;
-  return static_cast<std::uint32_t>(state >> 32);
+  state ^= state >> 12;
+  state ^= state << 25;
+  state ^= state >> 27;
+  return state * 0x2545F4914F6CDD1Dull;
 }
 
-// Uniform in [0, n) (Lemire's multiply-shift; bias < n / 2^32).
-int RandN(int n) {
-  return static_cast<int>((std::uint64_t{CheapRand()} * n) >> 32);
+// Writes a uniformly random permutation of 0..n-1 to poll (inside-out
+// Fisher-Yates). Each index j in [0, i] is the high word of u * (i + 1),
+// and the low word is the randomness left for the next draw (Lemire's
+// multiply-shift, batched as in Brackett-Rozinsky and Lemire, "Batched
+// Ranged Random Integer Generation", 2024): one generator call serves
+// every draw while the product of the bounds stays below 2^32, so the
+// bias stays below 2^-32, and a two-case select costs one call.
+void RandomOrder(int* poll, int n) {
+  std::uint64_t u = CheapRand64();
+  std::uint64_t used = 1;  // product of the bounds drawn from u so far
+  poll[0] = 0;
+  for (int i = 1; i < n; ++i) {
+    const std::uint64_t bound = static_cast<std::uint64_t>(i) + 1;
+    if (used > (std::uint64_t{1} << 32) / bound) {
+      u = CheapRand64();
+      used = 1;
+    }
+    used *= bound;
+    const unsigned __int128 m = static_cast<unsigned __int128>(u) * bound;
+    const int j = static_cast<int>(m >> 64);
+    u = static_cast<std::uint64_t>(m);
+    poll[i] = i;
+    std::swap(poll[i], poll[j]);
+  }
 }
 
 struct Locks {
@@ -83,7 +105,9 @@ WaitQueue& QueueOf(const SelectCase& sc) {
 // Completes case `sc` if it is ready, with its channel locked by the
 // caller: 1 if it fired (*wake: whom to unpark after unlocking), 0 if it is
 // not ready, -1 for a send on a closed channel.
-int TryLocked(SelectCase& sc, bool* received, ParkTicket* wake) {
+__attribute__((always_inline)) inline int TryLocked(SelectCase& sc,
+                                                bool* received,
+                                                ParkTicket* wake) {
   ChanCore* c = sc.chan;
   if (sc.is_send) {
     if (c->closed()) return -1;
@@ -133,10 +157,7 @@ int SelectImpl(SelectCase* cases, int n, bool block, bool* received) {
   // Poll order: a random permutation (Fisher-Yates), so that among ready
   // cases each is chosen with equal probability.
   SmallArray<int, 8> poll(n);
-  for (int i = 0; i < n; ++i) {
-    poll[i] = i;
-    std::swap(poll[i], poll[RandN(i + 1)]);
-  }
+  if (n > 0) RandomOrder(poll.data(), n);
   // Pass 0: try the cases one at a time, in poll order, each under its own
   // lock only. A ready case fires here with one lock taken instead of all
   // of them: the select behaves as if it had polled that case first, at the

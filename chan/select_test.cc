@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <iterator>
 #include <memory>
 #include <numeric>
 #include <string>
@@ -237,6 +238,34 @@ TEST_P(SelectTest, ChoiceAmongReadyCasesIsUniform) {
   const double chi2b = (two[0] - e2) * (two[0] - e2) / e2 +
                        (two[2] - e2) * (two[2] - e2) / e2;
   EXPECT_LT(chi2b, 38.0);  // 1 degree of freedom: P < 1e-9
+}
+
+// The same over many cases: the poll order of 24 cases is drawn from more
+// than one generator call (see RandomOrder in select.cc), and the ready
+// cases sit at both ends and on either side of where the draws change.
+TEST_P(SelectTest, ChoiceAmongManyCasesIsUniform) {
+  constexpr int kCases = 24, kRounds = 40000;
+  constexpr int kReady[] = {0, 11, 12, 23};
+  std::vector<Chan<int>> chans(kCases);
+  SelectSet set;
+  for (auto& c : chans) {
+    c = MakeChan<int>();  // never ready unless closed below
+    set.AddRecv(c);
+  }
+  for (int i : kReady) chans[i].Close();
+  std::vector<int> counts(kCases);
+  for (int r = 0; r < kRounds; ++r) ++counts[set.TrySelect()];
+  double chi2 = 0;
+  const double expect = double{kRounds} / std::size(kReady);
+  for (int i : kReady) {
+    chi2 += (counts[i] - expect) * (counts[i] - expect) / expect;
+  }
+  // 3 degrees of freedom: P(chi2 > 46) < 1e-9.
+  EXPECT_LT(chi2, 46.0) << counts[0] << " " << counts[11] << " " << counts[12]
+                        << " " << counts[23];
+  int fired_ready = 0;
+  for (int i : kReady) fired_ready += counts[i];
+  EXPECT_EQ(fired_ready, kRounds);
 }
 
 // Fibers and threads select over shared channels in opposite orders (send

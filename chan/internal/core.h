@@ -105,7 +105,9 @@ enum class ElemMove {
 // only from a catch handler.
 [[noreturn]] void FatalElementMoveThrew(ElemMove where) noexcept;
 
-class ChanCore {
+inline constexpr std::size_t kCacheLine = 64;
+
+class alignas(kCacheLine) ChanCore {
  public:
   static ChanCore* Create(const ElemOps* ops, std::size_t capacity);
 
@@ -156,6 +158,8 @@ class ChanCore {
   // Completes a send if a receiver waits or there is room: returns true and
   // sets *wake to the receiver to Unpark once lock_ is released (or leaves
   // it empty). The closed check is the caller's.
+  // Inline: the buffered fast path is a few instructions, and every send,
+  // receive and select case runs it.
   bool TrySendLocked(void* src, PutFn put, ParkTicket* wake);
   // Completes a receive if a sender waits or an element is buffered. The
   // closed check is the caller's.
@@ -168,17 +172,49 @@ class ChanCore {
   ~ChanCore() = default;
   void Destroy();
   void* Slot(std::size_t i) const { return buf_ + i * ops_->size; }
+  // The waiter halves of TrySendLocked and TryRecvLocked (out of line):
+  // complete the operation with the first waiter that can be completed, if
+  // any.
+  bool SendToWaiterLocked(void* src, PutFn put, ParkTicket* wake);
+  bool RecvFromWaiterLocked(void* dst, ParkTicket* wake);
 
-  const ElemOps* const ops_;
-  const std::size_t cap_;
-  char* const buf_;  // cap_ slots, ring: [recvx_, recvx_ + count_)
-  std::size_t recvx_ = 0;
+  // Layout: lock_ (declared above) and the state it guards fill the first
+  // cache line, which senders and receivers pass back and forth; the fields
+  // that never change after construction, and the reference count (written
+  // only when handles are copied), sit on the second, which stays shared.
   std::atomic<std::size_t> count_{0};  // written under lock_
-  std::atomic<bool> closed_{false};    // written under lock_
+  std::size_t recvx_ = 0;
+  std::atomic<bool> closed_{false};  // written under lock_
   WaitQueue recvq_;  // receivers blocked: only while count_ == 0
   WaitQueue sendq_;  // senders blocked: only while count_ == cap_
+  alignas(kCacheLine) const ElemOps* const ops_;
+  const std::size_t cap_;
+  char* const buf_;  // cap_ slots, ring: [recvx_, recvx_ + count_)
   std::atomic<std::int64_t> refs_{1};
 };
+
+inline bool ChanCore::TrySendLocked(void* src, PutFn put, ParkTicket* wake) {
+  // A receiver waits only while the buffer is empty; an empty queue is the
+  // common case and needs no call.
+  if (!recvq_.empty() && SendToWaiterLocked(src, put, wake)) return true;
+  const std::size_t n = count_.load(std::memory_order_relaxed);
+  if (n >= cap_) return false;
+  std::size_t i = recvx_ + n;
+  if (i >= cap_) i -= cap_;
+  put(src, Slot(i));
+  count_.store(n + 1, std::memory_order_relaxed);
+  return true;
+}
+
+inline bool ChanCore::TryRecvLocked(void* dst, ParkTicket* wake) {
+  if (!sendq_.empty() && RecvFromWaiterLocked(dst, wake)) return true;
+  const std::size_t n = count_.load(std::memory_order_relaxed);
+  if (n == 0) return false;
+  ops_->relocate(dst, Slot(recvx_));
+  if (++recvx_ == cap_) recvx_ = 0;
+  count_.store(n - 1, std::memory_order_relaxed);
+  return true;
+}
 
 }  // namespace chan_internal
 }  // namespace gort
