@@ -22,6 +22,7 @@
 //    named by a stale ticket); they are recycled through free lists.
 
 #include "sched/sched.h"
+#include "sched/internal/test_hooks.h"
 
 #include <pthread.h>
 #include <sys/mman.h>
@@ -305,6 +306,11 @@ struct Sched {
   std::atomic<std::int64_t> long_running{0};
   std::atomic<std::int64_t> trace_lines{0};
   std::atomic<bool> stopping{false};
+  // Threads inside ReadyG's global-queue path (plain threads, the chan
+  // timer thread, Ms without a P). Shutdown waits for 0: such a thread
+  // still reads the scheduler (WakeP) after the G it readied has run and
+  // exited.
+  std::atomic<int> outside_readies{0};
   std::atomic<M*> timer_sleeper{nullptr};
   std::atomic<std::int64_t> timer_sleeper_until{kNoDeadline};
   RuntimeOptions options;
@@ -556,6 +562,8 @@ void WakeP() {
   StartM(nullptr, /*spinning=*/true);
 }
 
+std::atomic<void (*)()> g_outside_ready_hook{nullptr};
+
 // Makes g runnable (Go's ready): into the caller's P's runnext when the
 // caller runs on a P, else into the global queue.
 void ReadyG(G* g, bool next = true) {
@@ -564,11 +572,22 @@ void ReadyG(G* g, bool next = true) {
   if (m != nullptr && m->p != nullptr && !m->in_blocking &&
       m->p->status.load(std::memory_order_relaxed) == kPRunning) {
     RunqPut(m->p, g, next);
-  } else {
-    std::lock_guard<Lock> l(g_sched->lock);
+    WakeP();
+    return;
+  }
+  // Counted from before g is queued (so before it can run, exit, and let
+  // Shutdown begin) until our last touch of the scheduler.
+  Sched* const sched = g_sched;
+  sched->outside_readies.fetch_add(1, std::memory_order_relaxed);
+  {
+    std::lock_guard<Lock> l(sched->lock);
     GlobRunqPut(g);
   }
+  if (auto* hook = g_outside_ready_hook.load(std::memory_order_relaxed)) {
+    hook();
+  }
   WakeP();
+  sched->outside_readies.fetch_sub(1, std::memory_order_release);
 }
 
 // --- Timers --------------------------------------------------------------------
@@ -1933,6 +1952,13 @@ bool Shutdown(absl::Duration timeout) {
     l.lock();
     if (!g_running.load(std::memory_order_acquire)) return true;
   }
+  // A thread that readied the last fiber from outside the runtime may still
+  // be in WakeP, about to start an M: let it finish before the Ms are
+  // stopped and the scheduler freed. (No fiber is live, so no new one
+  // comes.) Acquire: pairs with its release decrement.
+  while (g_sched->outside_readies.load(std::memory_order_acquire) != 0) {
+    std::this_thread::yield();
+  }
   g_sched->stopping.store(true, std::memory_order_seq_cst);
   NoteWakeup(&g_sched->sysmon_note);
   g_sched->sysmon.join();
@@ -1962,6 +1988,10 @@ bool Shutdown(absl::Duration timeout) {
 }
 
 namespace sched_internal {
+
+void SetOutsideReadyHookForTesting(void (*hook)()) {
+  g_outside_ready_hook.store(hook, std::memory_order_relaxed);
+}
 
 SpawnSlot BeginSpawn() {
   EnsureStarted();

@@ -26,6 +26,7 @@
 #include "absl/time/clock.h"
 #include "fiber/fiber.h"
 #include "gtest/gtest.h"
+#include "sched/internal/test_hooks.h"
 #include "sched/testing/latch.h"
 #include "sched/testing/mailbox.h"
 #include "sched/testing/runtime_test.h"
@@ -1162,6 +1163,51 @@ TEST(SchedLifecycleTest, ShutdownTimesOutWhileFibersLive) {
   release.Done();
   finished.Wait();
   EXPECT_TRUE(Shutdown());
+}
+
+// A plain thread readies the last live fiber, which runs and exits while
+// the thread is still inside the scheduler (between queueing the fiber and
+// WakeP; a test hook holds it there for 50 ms): Shutdown must wait for it
+// before freeing the scheduler. Without the wait, WakeP read the freed
+// scheduler (TSan found it through //chan's timer thread, which readies
+// fibers blocked on After() channels; here it would crash).
+std::atomic<bool> g_readier_in_hook{false};
+thread_local bool t_is_readier = false;
+
+TEST(SchedLifecycleTest, ShutdownWaitsForAThreadStillReadyingAFiber) {
+  sched_internal::SetOutsideReadyHookForTesting([] {
+    if (!t_is_readier) return;
+    g_readier_in_hook.store(true, std::memory_order_release);
+    absl::SleepFor(absl::Milliseconds(50));
+  });
+  RuntimeOptions options;
+  options.max_procs = 1;
+  Start(options);
+  ParkTicket ticket;
+  std::atomic<bool> prepared{false}, parked{false};
+  Go([&] {  // parks, and is readied by the thread
+    ticket = Parker::Current()->Prepare();
+    prepared.store(true, std::memory_order_release);
+    Park(ticket, WaitReason::kPark);
+  });
+  Go([&] {  // keeps the only P until the thread is inside the hook
+    // At 1 P, seeing `prepared` means the other fiber has parked.
+    while (!prepared.load(std::memory_order_acquire)) Yield();
+    parked.store(true, std::memory_order_release);
+    while (!g_readier_in_hook.load(std::memory_order_acquire)) {
+      std::this_thread::yield();
+    }
+  });
+  std::thread readier([&] {
+    t_is_readier = true;
+    while (!parked.load(std::memory_order_acquire)) std::this_thread::yield();
+    Unpark(ticket);  // queues the fiber, then sleeps in the hook
+  });
+  // Both fibers finish while the thread sleeps in the hook.
+  EXPECT_TRUE(Shutdown(absl::Seconds(30)));
+  EXPECT_FALSE(Running());
+  readier.join();
+  sched_internal::SetOutsideReadyHookForTesting(nullptr);
 }
 
 // Shutdown waits for live fibers without holding the lock that
