@@ -306,10 +306,10 @@ struct Sched {
   std::atomic<std::int64_t> long_running{0};
   std::atomic<std::int64_t> trace_lines{0};
   std::atomic<bool> stopping{false};
-  // Threads inside ReadyG's global-queue path (plain threads, the chan
-  // timer thread, Ms without a P). Shutdown waits for 0: such a thread
-  // still reads the scheduler (WakeP) after the G it readied has run and
-  // exited.
+  // Threads inside ReadyOnGlobalQueue (plain threads, the chan timer
+  // thread, Ms without a P, readying or spawning a G). Shutdown waits for
+  // 0: such a thread still reads the scheduler (WakeP) after the G it
+  // queued has run and exited.
   std::atomic<int> outside_readies{0};
   std::atomic<M*> timer_sleeper{nullptr};
   std::atomic<std::int64_t> timer_sleeper_until{kNoDeadline};
@@ -564,19 +564,11 @@ void WakeP() {
 
 std::atomic<void (*)()> g_outside_ready_hook{nullptr};
 
-// Makes g runnable (Go's ready): into the caller's P's runnext when the
-// caller runs on a P, else into the global queue.
-void ReadyG(G* g, bool next = true) {
-  g->status.store(GStatus::kRunnable, std::memory_order_relaxed);
-  M* m = GetM();
-  if (m != nullptr && m->p != nullptr && !m->in_blocking &&
-      m->p->status.load(std::memory_order_relaxed) == kPRunning) {
-    RunqPut(m->p, g, next);
-    WakeP();
-    return;
-  }
-  // Counted from before g is queued (so before it can run, exit, and let
-  // Shutdown begin) until our last touch of the scheduler.
+// Queues g on the global queue and wakes an idle P for it: for callers
+// without a P (plain threads, //chan's timer thread, Ms in Blocking).
+// Counted in outside_readies from before g is queued (so before it can run,
+// exit, and let Shutdown begin) until our last touch of the scheduler.
+void ReadyOnGlobalQueue(G* g) {
   Sched* const sched = g_sched;
   sched->outside_readies.fetch_add(1, std::memory_order_relaxed);
   {
@@ -588,6 +580,20 @@ void ReadyG(G* g, bool next = true) {
   }
   WakeP();
   sched->outside_readies.fetch_sub(1, std::memory_order_release);
+}
+
+// Makes g runnable (Go's ready): into the caller's P's runnext when the
+// caller runs on a P, else into the global queue.
+void ReadyG(G* g, bool next = true) {
+  g->status.store(GStatus::kRunnable, std::memory_order_relaxed);
+  M* m = GetM();
+  if (m != nullptr && m->p != nullptr && !m->in_blocking &&
+      m->p->status.load(std::memory_order_relaxed) == kPRunning) {
+    RunqPut(m->p, g, next);
+    WakeP();
+    return;
+  }
+  ReadyOnGlobalQueue(g);
 }
 
 // --- Timers --------------------------------------------------------------------
@@ -1866,11 +1872,7 @@ void Spawn(G* g) {
     }
     return;
   }
-  {
-    std::lock_guard<Lock> l(g_sched->lock);
-    GlobRunqPut(g);
-  }
-  WakeP();
+  ReadyOnGlobalQueue(g);
 }
 
 }  // namespace
