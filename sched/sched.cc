@@ -22,7 +22,6 @@
 //    named by a stale ticket); they are recycled through free lists.
 
 #include "sched/sched.h"
-#include "sched/internal/test_hooks.h"
 
 #include <pthread.h>
 #include <sys/mman.h>
@@ -45,6 +44,7 @@
 #include "fiber/fiber.h"
 #include "fiber/internal/fatal.h"
 #include "sched/internal/futex.h"
+#include "sched/internal/test_hooks.h"
 #include "sched/runq.h"
 
 namespace gort {
