@@ -184,6 +184,13 @@ void Mutex::LockSlow(WaitReason reason) {
         if (state_.compare_exchange_weak(old, WithOwnerUnit(old, next),
                                          std::memory_order_acquire,
                                          std::memory_order_relaxed)) {
+          if ((next & kStarving) == 0) {
+            if (void (*hook)(const Mutex*) =
+                    sync_internal::mutex_starvation_exit_hook.load(
+                        std::memory_order_relaxed)) {
+              hook(this);
+            }
+          }
           return;
         }
       }

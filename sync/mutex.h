@@ -187,6 +187,14 @@ std::uint64_t MutexStarvationCount();
 // which waiter starved. Not for production use.
 inline std::atomic<void (*)(const Mutex*)> mutex_starving_waiter_hook{nullptr};
 
+// For tests: when set, a waiter that was handed the mutex in starvation
+// mode and switched it back to normal mode (it had waited less than the
+// threshold, or was the last waiter) calls it, on its own fiber or thread,
+// after taking the lock. A starving waiter that had queued at the front
+// loses its claim to the next hand-off then (Go's rule too): a test that
+// bounds its wait must know. Not for production use.
+inline std::atomic<void (*)(const Mutex*)> mutex_starvation_exit_hook{nullptr};
+
 // For tests: when set, every Unlock that may have to wake a waiter calls it
 // between making the mutex lockable and deciding whom to wake: the window
 // in which the unlocker must keep the mutex alive. Not for production use.
