@@ -202,6 +202,17 @@ void BM_Chan_SelectReady(benchmark::State& state) {
 }
 BENCHMARK(BM_Chan_SelectReady)->Arg(0)->Arg(1);
 
+// Making and dropping a channel (a buffered one of 16 ints, or an
+// unbuffered one): what a channel per request or per After() costs.
+void BM_Chan_MakeAndDrop(benchmark::State& state) {
+  const std::size_t capacity = static_cast<std::size_t>(state.range(0));
+  for (auto _ : state) {
+    Chan<int> ch = MakeChan<int>(capacity);
+    benchmark::DoNotOptimize(ch);
+  }
+}
+BENCHMARK(BM_Chan_MakeAndDrop)->Arg(0)->Arg(16);
+
 // Channels between two plain threads (no fibers): ping-pong round trip.
 void BM_Chan_ThreadPingPong(benchmark::State& state) {
   constexpr int kRounds = 100'000;

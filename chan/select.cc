@@ -40,9 +40,10 @@ class SmallArray {
   T* data_;
 };
 
-// 64 random bits from a per-thread xorshift64* generator (Go's cheaprand
-// is of this family). Not inlined, so that a fiber that moved to another
-// thread never uses a stale TLS address.
+// 64 random bits from a per-thread xorshift64* generator (Marsaglia's
+// xorshift with a multiplied output; only the high bits are used, its
+// strong half). Not inlined, so that a fiber that moved to another thread
+// never uses a stale TLS address.
 __attribute__((noinline)) std::uint64_t CheapRand64() {
   thread_local std::uint64_t state = 0;
   if (state == 0) {
@@ -157,7 +158,11 @@ int SelectImpl(SelectCase* cases, int n, bool block, bool* received) {
   // Poll order: a random permutation (Fisher-Yates), so that among ready
   // cases each is chosen with equal probability.
   SmallArray<int, 8> poll(n);
-  if (n > 0) RandomOrder(poll.data(), n);
+  if (n > 1) {
+    RandomOrder(poll.data(), n);
+  } else if (n == 1) {
+    poll[0] = 0;  // one case: nothing to draw
+  }
   // Pass 0: try the cases one at a time, in poll order, each under its own
   // lock only. A ready case fires here with one lock taken instead of all
   // of them: the select behaves as if it had polled that case first, at the

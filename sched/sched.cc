@@ -309,9 +309,11 @@ struct Sched {
   // Threads inside ReadyOnGlobalQueue (plain threads, the chan timer
   // thread, Ms without a P, readying or spawning a G). Shutdown waits for
   // 0: such a thread still reads the scheduler (WakeP) after the G it
-  // queued has run and exited.
-  std::atomic<int> outside_readies{0};
-  std::atomic<M*> timer_sleeper{nullptr};
+  // queued has run and exited. A line of its own: `stopping` before it is
+  // read on every trip through g0, `timer_sleeper` after it on every timer
+  // added.
+  alignas(64) std::atomic<int> outside_readies{0};
+  alignas(64) std::atomic<M*> timer_sleeper{nullptr};
   std::atomic<std::int64_t> timer_sleeper_until{kNoDeadline};
   RuntimeOptions options;
   // All Gs ever made (for ForEachFiber and for freeing at Shutdown).

@@ -1175,6 +1175,7 @@ std::atomic<bool> g_readier_in_hook{false};
 thread_local bool t_is_readier = false;
 
 TEST(SchedLifecycleTest, ShutdownWaitsForAThreadStillReadyingAFiber) {
+  g_readier_in_hook.store(false);  // for --gtest_repeat
   sched_internal::SetOutsideReadyHookForTesting([] {
     if (!t_is_readier) return;
     g_readier_in_hook.store(true, std::memory_order_release);
