@@ -49,7 +49,7 @@ def main():
         gort = {}
         rows = per_op_rows(json.loads(res.stdout)["benchmarks"], args.reps)
         for name, b in rows.items():
-            if name not in COUNTER:
+            if name not in COUNTER and "ops" in b:
                 gort[name] = b["ops"] * 1e9
         # Memory is measured in a fresh process each time: in the shared run,
         # stacks and pages left resident by earlier benchmarks would be

@@ -210,6 +210,7 @@ void BM_Chan_MakeAndDrop(benchmark::State& state) {
     Chan<int> ch = MakeChan<int>(capacity);
     benchmark::DoNotOptimize(ch);
   }
+  ReportPerOp(state, 1);
 }
 BENCHMARK(BM_Chan_MakeAndDrop)->Arg(0)->Arg(16);
 
