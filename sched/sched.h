@@ -69,6 +69,9 @@ bool Running();
 // Waits until every fiber has finished (at most `timeout`), then stops and
 // joins all Ms and the monitor and frees the runtime's memory. Returns false,
 // leaving the runtime running, if fibers are still alive at the timeout.
+// Once none is, it also waits, without a timeout, for threads outside the
+// runtime that are still returning from readying a fiber (a few
+// instructions, unless such a thread was preempted there).
 // Must be called from a plain thread, not from a fiber, and no other
 // thread may call Go() while it runs (that includes gort::AfterFunc
 // functions: stop those timers first). The runtime may be started again
