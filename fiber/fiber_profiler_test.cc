@@ -26,33 +26,48 @@ extern "C" const char __start_gort_prof_body[], __stop_gort_prof_body[];
 namespace gort {
 namespace {
 
+#if !defined(GORT_SANITIZED)
+constexpr int kSamples = 50;  // half a second at the default 100 Hz
+
+// Runs `step` until the profiler has gathered kSamples samples, or
+// `max_rounds` times (bounded: a broken profiler must not hang the test).
+// Returns the samples gathered.
+template <typename Step>
+int SampleWhileRunning(int max_rounds, Step step) {
+  ProfilerState st{};
+  for (int round = 0; round < max_rounds; ++round) {
+    step();
+    ProfilerGetCurrentState(&st);
+    if (st.samples_gathered >= kSamples) break;
+  }
+  return st.samples_gathered;
+}
+#endif
+
 TEST(FiberProfilerTest, SigprofDuringSwitchesIsSafeAndSampled) {
 #if defined(GORT_SANITIZED)
   GTEST_SKIP() << "the CPU profiler is not linked under sanitizers";
 #else
   const std::string path = ::testing::TempDir() + "/fiber_profile.prof";
   ASSERT_TRUE(ProfilerStart(path.c_str()));
-  // Switch-heavy work until enough SIGPROFs have landed (bounded).
-  ProfilerState st{};
+  // Switch-heavy work until enough SIGPROFs have landed.
   bool done = false;
   Fiber* f = Fiber::Create([&] {
     while (!done) Fiber::Suspend();
   });
-  for (int round = 0; round < 20000; ++round) {
+  const int samples = SampleWhileRunning(20000, [&] {
     for (int i = 0; i < 100000; ++i) f->Resume();
     for (int i = 0; i < 1000; ++i) {
       Fiber* g = Fiber::Create([] {});
       g->Resume();
       Fiber::Destroy(g);
     }
-    ProfilerGetCurrentState(&st);
-    if (st.samples_gathered >= 50) break;  // 100 Hz by default
-  }
+  });
   done = true;
   f->Resume();
   Fiber::Destroy(f);
   ProfilerStop();
-  EXPECT_GE(st.samples_gathered, 50);
+  EXPECT_GE(samples, kSamples);
   struct stat sb;
   ASSERT_EQ(stat(path.c_str(), &sb), 0);
   EXPECT_GT(sb.st_size, 0);
@@ -97,17 +112,14 @@ TEST(FiberProfilerTest, ProfileShowsTheFibersOwnFrames) {
   ASSERT_TRUE(ProfilerStart(path.c_str()));
   std::atomic<bool> done{false};
   Fiber* f = Fiber::Create([&] { FiberBody(&done); });
-  ProfilerState st{};
-  for (int round = 0; round < 1'000'000; ++round) {
+  const int gathered = SampleWhileRunning(1'000'000, [&] {
     for (int i = 0; i < 100; ++i) f->Resume();
-    ProfilerGetCurrentState(&st);
-    if (st.samples_gathered >= 50) break;  // 100 Hz by default
-  }
+  });
   done = true;
   f->Resume();
   Fiber::Destroy(f);
   ProfilerStop();
-  ASSERT_GE(st.samples_gathered, 50);
+  ASSERT_GE(gathered, kSamples);
 
   std::ifstream in(path, std::ios::binary);
   const std::string bytes((std::istreambuf_iterator<char>(in)),
