@@ -232,7 +232,7 @@ struct P {
   P* link = nullptr;  // idle list
   std::uint32_t schedtick = 0;
   int runnext_streak = 0;
-  std::atomic<std::uint64_t> sched_count{0};   // for the monitor
+  std::atomic<std::uint64_t> sched_count{0};   // for the monitor, thieves
   // Gs that exited on this P. Written only by its owner (a load and a
   // store-release, no read-modify-write: an exit on one P never touches a
   // line another P writes); LiveGs() sums the Ps.
@@ -953,8 +953,24 @@ G* StealWork(M* m) {
         // taken at once: a select over two producers kept both Ps busy
         // passing every item across cores; docs/sched.md, "Runnext and
         // locality".)
+        //
+        // After the pause, a lone runnext is taken only if its owner has
+        // not scheduled meanwhile. If it has, the owner is passing control
+        // along a chain of readies (ping-pong: each G readies its partner
+        // into runnext and parks), and the G now in runnext runs there
+        // within a switch; taking it would move the chain to this M and make
+        // every later hand-off cross cores. If the owner has not scheduled
+        // for the whole pause, its G is busy and the runnext G has waited:
+        // take it, as Go does. (A thief that leaves it and gives up sees
+        // it again in FindRunnable's re-check and comes back.)
+        const std::uint64_t ticks =
+            victim->sched_count.load(std::memory_order_relaxed);
         usleep(3);
         backed_off = true;
+        if (victim->sched_count.load(std::memory_order_relaxed) != ticks) {
+          if (G* g = thief.StealInto(local, false)) return g;
+          continue;
+        }
       }
       if (G* g = thief.StealInto(local, last)) return g;
     }

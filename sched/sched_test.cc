@@ -637,6 +637,32 @@ TEST_P(SchedTest, GQueuedBehindASpinnerStillRuns) {
   done.Wait();
 }
 
+// A thief leaves a running P's lone runnext alone if the P scheduled while
+// the thief paused (a chain of hand-offs that will run it there). Here the
+// chain ends in a spinner: G1 starts G2 and exits, G2 starts G3 (into
+// runnext) and spins until G3 has run, so G3 must be taken by an idle P,
+// whose M comes back for it after declining, not left to the monitor.
+// Liveness only: which path takes it is not observable without timing.
+TEST_P(SchedTest, RunnextBehindAChainEndingInASpinnerRuns) {
+  if (GetParam() < 2) GTEST_SKIP() << "needs an idle P to take the runnext";
+  for (int round = 0; round < 20; ++round) {
+    std::atomic<bool> ran{false};
+    Latch done(2);
+    Go([&] {
+      Go([&] {
+        Go([&] {
+          ran.store(true);
+          done.Done();
+        });
+        while (!ran.load()) {
+        }
+        done.Done();
+      });
+    });
+    done.Wait();
+  }
+}
+
 // The global queue is looked at every 61st schedule even while the local
 // queue never runs dry. At 1 P, four fibers keep yielding to each other:
 // with one running and three queued, a yield always finds the ring
