@@ -21,7 +21,21 @@
 //    `tail_` (a full ring moves half of itself out with one CAS; PushNext
 //    is one exchange, since thieves may take runnext). Pop takes an
 //    element with one CAS on `head_`, because thieves consume from the same
-//    end (the queue is FIFO for fairness, as Go's is).
+//    end (the queue is FIFO for fairness, as Go's is), unless the queue is
+//    in exclusive mode (below).
+//  - Exclusive mode: while no thread can steal (a scheduler with one P),
+//    the owner may switch the queue to exclusive mode, where Pop takes
+//    elements with plain loads and stores, no read-modify-write, and
+//    StealInto refuses (returns null). A CAS is the dearest part of a pop
+//    (without it a yield took a fifth less on an Intel Xeon, 2026-11-28:
+//    docs/sched.md). Entering is a Dekker handshake
+//    with the thieves, who must announce themselves in a counter the owner
+//    reads (a seq_cst read-modify-write before their first StealInto, its
+//    undo after their last): TryEnterExclusive stores the flag (seq_cst),
+//    then asks `no_thieves()` (seq_cst loads of that counter) and backs out
+//    if a thief is announced. Either the owner sees the thief's
+//    announcement, or the thief sees the flag: never neither.
+//    LeaveExclusive (a store-release) lets thieves back in.
 // Memory ordering: everything the pusher did before Push(t) is visible to
 // whoever later takes t, by Pop or by StealInto.
 
@@ -103,6 +117,7 @@ class RunQueue {
     // Takes the runnext task if `use_next` and there is one, else the
     // oldest task in the ring. Null if empty. Executed only by the owner.
     T* Pop(bool use_next = true) {
+      if (exclusive()) return PopExclusive(use_next);
       if (use_next) {
         T* next = q_->next_.load(std::memory_order_relaxed);
         if (next != nullptr &&
@@ -125,6 +140,26 @@ class RunQueue {
           return t;
         }
       }
+    }
+
+    // Exclusive mode (see the threading rules at the top). Owner only.
+    bool exclusive() const {
+      return q_->exclusive_.load(std::memory_order_relaxed);
+    }
+    // Enters exclusive mode unless `no_thieves()` (which must read the
+    // thieves' announcement counter with seq_cst loads) says a thief may be
+    // at work; returns whether it entered.
+    template <typename NoThieves>
+    bool TryEnterExclusive(NoThieves no_thieves) {
+      q_->exclusive_.store(true, std::memory_order_seq_cst);
+      if (no_thieves()) return true;
+      q_->exclusive_.store(false, std::memory_order_release);
+      return false;
+    }
+    // Leaves exclusive mode. store-release: a thief that sees the flag
+    // clear also sees every plain pop made before.
+    void LeaveExclusive() {
+      q_->exclusive_.store(false, std::memory_order_release);
     }
 
     // The ring's oldest task, without taking it (null if empty): a hint
@@ -153,6 +188,26 @@ class RunQueue {
    private:
     friend class RunQueue;
     explicit Local(RunQueue* q) : q_(q), from_next_(&q->last_from_next_) {}
+
+    // Pop in exclusive mode: nobody else consumes, so plain loads and
+    // stores. head_ is still stored with release: Push's load-acquire of it
+    // is by this thread, but LeaveExclusive's thieves read it too.
+    T* PopExclusive(bool use_next) {
+      if (use_next) {
+        T* next = q_->next_.load(std::memory_order_relaxed);
+        if (next != nullptr) {
+          q_->next_.store(nullptr, std::memory_order_relaxed);
+          *from_next_ = true;
+          return next;
+        }
+      }
+      *from_next_ = false;
+      std::uint32_t head = q_->head_.load(std::memory_order_relaxed);
+      if (head == q_->tail_.load(std::memory_order_relaxed)) return nullptr;
+      T* t = q_->buf_[head % kCapacity].load(std::memory_order_relaxed);
+      q_->head_.store(head + 1, std::memory_order_release);
+      return t;
+    }
 
     bool TakeHalfForOverflow(std::uint32_t head, std::uint32_t tail, T* t,
                              Overflow& overflow) {
@@ -183,8 +238,12 @@ class RunQueue {
     // for the thief to run, or null if there was nothing to take. Takes the
     // victim's runnext only if `steal_next` and the ring is empty (Go does
     // so only as a last resort). May run in parallel with the owner and
-    // with other thieves.
+    // with other thieves. Null while the victim is in exclusive mode; the
+    // caller must be announced as a thief (see the rules at the top).
     T* StealInto(Local& dst, bool steal_next) {
+      // seq_cst: the thief's half of the Dekker handshake (announce, then
+      // read the flag) against TryEnterExclusive (flag, then read).
+      if (q_->exclusive_.load(std::memory_order_seq_cst)) return nullptr;
       RunQueue* d = dst.q_;
       std::uint32_t dst_tail = d->tail_.load(std::memory_order_relaxed);
       std::uint32_t n = Grab(d, dst_tail, steal_next);
@@ -210,6 +269,11 @@ class RunQueue {
     // Whether the victim's runnext holds a task. A snapshot.
     bool HasNext() const {
       return q_->next_.load(std::memory_order_relaxed) != nullptr;
+    }
+    // Whether the victim is in exclusive mode (StealInto would refuse). A
+    // snapshot.
+    bool Exclusive() const {
+      return q_->exclusive_.load(std::memory_order_acquire);
     }
 
    private:
@@ -280,6 +344,9 @@ class RunQueue {
   // Consumers (owner's Pop and thieves) advance head_; only the owner
   // writes tail_. Separate cache lines: thieves hammer head_.
   alignas(64) std::atomic<std::uint32_t> head_{0};
+  // Written only by the owner, rarely; read by the owner on every Pop and
+  // by thieves before stealing, as they read head_.
+  std::atomic<bool> exclusive_{false};
   alignas(64) std::atomic<std::uint32_t> tail_{0};
   std::atomic<T*> next_{nullptr};
   bool last_from_next_ = false;  // owner-only

@@ -292,6 +292,10 @@ struct Sched {
   std::vector<M*> midle;
   std::vector<M*> allm;
   std::atomic<int> nmspinning{0};
+  // The monitor while it takes Gs from a P's queue (RescueQueued): with
+  // nmspinning, the thieves a P's owner must see none of before putting its
+  // queue in exclusive mode (SetExclusive).
+  std::atomic<int> rescuing{0};
   P* allp[kMaxProcs] = {};
   std::atomic<int> procs{0};  // MaxProcs: Ps [0, procs) may run Gs
   // Ps ever made, [0, nallp): a P past `procs` may still hold work until
@@ -683,8 +687,38 @@ inline void PrefetchQueueHead(RunQueue<G>::Local& local) {
 // through g0 (FindRunnable), and after a spinning M fired timers into its
 // ring (StealWork). Executed only by p's owner. Inline: it is
 // on the path of every yield and hand-off.
+// Puts p's queue in exclusive mode (RunQueue: pops without a CAS) while it
+// is the only P, and takes it out when MaxProcs grows. Executed by p's
+// owner. Thieves are the spinning Ms (counted in nmspinning while they
+// steal) and the monitor (counted in `rescuing`).
+__attribute__((noinline)) void SetExclusive(P* p, bool solo) {
+  auto local = p->runq.local();
+  if (solo) {
+    local.TryEnterExclusive([] {
+      return g_sched->nmspinning.load(std::memory_order_seq_cst) == 0 &&
+             g_sched->rescuing.load(std::memory_order_seq_cst) == 0;
+    });
+    return;
+  }
+  local.LeaveExclusive();
+  // Ms started for the new Ps may have found this queue closed and gone
+  // back to sleep: call one for what is queued here.
+  if (local.Size() > 0) WakeP();
+}
+
 __attribute__((always_inline)) inline G* PopLocal(P* p) {
   auto local = p->runq.local();
+  // Out of exclusive mode at the first pop after MaxProcs grows; into it,
+  // when MaxProcs is 1, at a pop on the 61-tick (the check costs a load of
+  // a shared line that the pops of a many-P run need not pay).
+  if (local.exclusive()) {
+    if (g_sched->procs.load(std::memory_order_relaxed) != 1) [[unlikely]] {
+      SetExclusive(p, false);
+    }
+  } else if (p->schedtick % kGlobalQueueTick == 0 &&
+             g_sched->procs.load(std::memory_order_relaxed) == 1) {
+    SetExclusive(p, true);
+  }
   const bool capped = p->runnext_streak >= kRunnextCap;
   G* g = local.Pop(/*use_next=*/!capped);
   if (g == nullptr && capped) g = local.Pop(/*use_next=*/true);  // ring empty
@@ -937,6 +971,7 @@ G* StealWork(M* m) {
       P* victim = g_sched->allp[(start + i) % procs];
       if (victim == self) continue;
       auto thief = victim->runq.stealer();
+      if (thief.Exclusive()) continue;  // the only P until just now
       if (last &&
           victim->status.load(std::memory_order_relaxed) == kPRunning &&
           thief.RingEmpty() && (thief.HasNext() || !backed_off)) {
@@ -1048,7 +1083,10 @@ top:
       // before our decrement saw nmspinning != 0 and did not wake anyone.
       int procs2 = g_sched->nallp.load(std::memory_order_seq_cst);
       for (int i = 0; i < procs2; ++i) {
-        if (g_sched->allp[i]->runq.Size() > 0 ||
+        // (An exclusive queue is its running owner's alone: SetExclusive
+        // wakes an M for it when it opens up.)
+        auto q = g_sched->allp[i]->runq.stealer();
+        if ((q.Size() > 0 && !q.Exclusive()) ||
             g_sched->runq_size.load(std::memory_order_seq_cst) > 0) {
           P* p2;
           {
@@ -1642,6 +1680,10 @@ bool RescueQueued(P* p) {
   auto local = g_sched->rescue.local();
   G* batch[RunQueue<G>::capacity() + 1];
   int moved = 0;
+  // Announced as a thief (RunQueue's exclusive mode): a P that is the
+  // only one keeps its queue closed, and with one P there is nowhere else
+  // to run these Gs anyway.
+  g_sched->rescuing.fetch_add(1, std::memory_order_seq_cst);
   // A bounded number of rounds: the owner may be pushing meanwhile.
   for (int round = 0; round < 8; ++round) {
     G* g = p->runq.stealer().StealInto(local, /*steal_next=*/true);
@@ -1655,6 +1697,7 @@ bool RescueQueued(P* p) {
     }
     moved += n;
   }
+  g_sched->rescuing.fetch_sub(1, std::memory_order_seq_cst);
   if (moved > 0) WakeP();
   return moved > 0;
 }

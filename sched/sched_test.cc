@@ -1098,6 +1098,41 @@ TEST_P(SchedTest, SetMaxProcsWhileRunning) {
   EXPECT_EQ(MaxProcs(), GetParam());
 }
 
+// Alone, a P's queue goes into exclusive mode (pops without a CAS, no
+// thieves); when MaxProcs grows, its owner must open it again at its next
+// pop, and wake an M, so that the new P steals from it. Fibers queued on
+// the one P keep yielding until one of them has run on another thread.
+TEST_P(SchedTest, AQueueClosedWhileAloneOpensWhenMaxProcsGrows) {
+  if (GetParam() != 1) GTEST_SKIP() << "starts with one P";
+  constexpr int kFibers = 32;
+  std::atomic<bool> seen_elsewhere{false};
+  std::atomic<bool> gave_up{false};
+  Latch done(kFibers + 1);
+  Go([&] {
+    const long home = Tid();
+    for (int i = 0; i < kFibers; ++i) {
+      Go([&, home] {
+        while (!seen_elsewhere.load() && !gave_up.load()) {
+          if (Tid() != home) seen_elsewhere.store(true);
+          Yield();
+        }
+        done.Done();
+      });
+    }
+    // Some hundreds of schedules alone: several 61-ticks, so the queue is
+    // exclusive by now.
+    for (int i = 0; i < 500; ++i) Yield();
+    SetMaxProcs(2);
+    for (long i = 0; i < 5'000'000 && !seen_elsewhere.load(); ++i) Yield();
+    gave_up.store(!seen_elsewhere.load());
+    done.Done();
+  });
+  done.Wait();
+  EXPECT_TRUE(seen_elsewhere.load())
+      << "no fiber ran on the second P: the queue stayed closed";
+  SetMaxProcs(1);
+}
+
 TEST_P(SchedTest, ForEachFiberListsParkedFibers) {
   Latch started(3), release(1), finished(3);
   for (int i = 0; i < 3; ++i) {
