@@ -156,10 +156,13 @@ class RunQueue {
       q_->exclusive_.store(false, std::memory_order_release);
       return false;
     }
-    // Leaves exclusive mode. store-release: a thief that sees the flag
-    // clear also sees every plain pop made before.
+    // Leaves exclusive mode. A thief that sees the flag clear also sees
+    // every plain pop made before. seq_cst, not just release: an owner
+    // that leaves and then checks for spinning thieves (to wake one) and a
+    // spinner that stops spinning and then checks the flag must not both
+    // read the old values (store buffering).
     void LeaveExclusive() {
-      q_->exclusive_.store(false, std::memory_order_release);
+      q_->exclusive_.store(false, std::memory_order_seq_cst);
     }
 
     // The ring's oldest task, without taking it (null if empty): a hint
@@ -271,9 +274,9 @@ class RunQueue {
       return q_->next_.load(std::memory_order_relaxed) != nullptr;
     }
     // Whether the victim is in exclusive mode (StealInto would refuse). A
-    // snapshot.
+    // snapshot; seq_cst, for the re-check described at LeaveExclusive.
     bool Exclusive() const {
-      return q_->exclusive_.load(std::memory_order_acquire);
+      return q_->exclusive_.load(std::memory_order_seq_cst);
     }
 
    private:

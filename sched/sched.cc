@@ -715,9 +715,9 @@ __attribute__((always_inline)) inline G* PopLocal(P* p) {
     if (g_sched->procs.load(std::memory_order_relaxed) != 1) [[unlikely]] {
       SetExclusive(p, false);
     }
-  } else if (p->schedtick % kGlobalQueueTick == 0 &&
+  } else if (p->schedtick % kGlobalQueueTick == 0 && p->id == 0 &&
              g_sched->procs.load(std::memory_order_relaxed) == 1) {
-    SetExclusive(p, true);
+    SetExclusive(p, true);  // (P 0 only: never a P being retired)
   }
   const bool capped = p->runnext_streak >= kRunnextCap;
   G* g = local.Pop(/*use_next=*/!capped);
@@ -1033,6 +1033,13 @@ top:
     // woken), since we are about to sleep without looking.
     if (m->spinning) ResetSpinning(m);
     if (RetireP(p, m)) goto nop;
+  }
+  // A P taken over from another M (idle list, a Blocking hand-off) may
+  // still be exclusive from when it was alone: open it before running
+  // anything, so that what it queues can be stolen.
+  if (p->runq.local().exclusive() &&
+      g_sched->procs.load(std::memory_order_relaxed) != 1) {
+    SetExclusive(p, false);
   }
   {
     // Due timers go into this P's ring while it has room (TimerBudget). A
@@ -1681,8 +1688,8 @@ bool RescueQueued(P* p) {
   G* batch[RunQueue<G>::capacity() + 1];
   int moved = 0;
   // Announced as a thief (RunQueue's exclusive mode): a P that is the
-  // only one keeps its queue closed, and with one P there is nowhere else
-  // to run these Gs anyway.
+  // only one keeps its queue closed (with one P there is nowhere else to
+  // run these Gs anyway), and opens it when MaxProcs grows.
   g_sched->rescuing.fetch_add(1, std::memory_order_seq_cst);
   // A bounded number of rounds: the owner may be pushing meanwhile.
   for (int round = 0; round < 8; ++round) {
@@ -2166,7 +2173,20 @@ void SetMaxProcs(int n) {
     }
     g_sched->procs.store(n, std::memory_order_release);
     for (P* p : back) PIdlePut(p);
+    // An idle P is nobody's but the lock holder's: open any queue left
+    // exclusive (RunQueue) from when it was alone.
+    for (P* p = g_sched->pidle; p != nullptr; p = p->link) {
+      if (p->runq.local().exclusive()) p->runq.local().LeaveExclusive();
+    }
     lk.unlock();
+    // Called from a fiber on the P that was alone: open its queue now, not
+    // at its next pop, so that a caller that goes on without a scheduling
+    // point (waiting for a fiber it queued) does not keep that fiber from
+    // the new Ps.
+    if (M* m = GetM(); m != nullptr && !m->in_blocking && m->p != nullptr &&
+                       m->p->runq.local().exclusive()) {
+      SetExclusive(m->p, false);
+    }
     for (int i = old; i < n; ++i) WakeP();
     return;
   }

@@ -1133,6 +1133,39 @@ TEST_P(SchedTest, AQueueClosedWhileAloneOpensWhenMaxProcsGrows) {
   SetMaxProcs(1);
 }
 
+// The fiber that grows MaxProcs from 1 opens its P's queue at once: here it
+// then waits for a fiber it queued without a scheduling point, which only
+// the new P can run. (With the queue left closed until the next pop, this
+// hangs.)
+TEST_P(SchedTest, GrowingMaxProcsFromTheOnlyPOpensItsQueueAtOnce) {
+  if (GetParam() != 1) GTEST_SKIP() << "starts with one P";
+  std::atomic<bool> ran{false};
+  Latch done(2);
+  Go([&] {
+    // Alone with a partner to yield to for a while: the queue is
+    // exclusive by the end.
+    std::atomic<bool> stop{false};
+    Latch partner(1);
+    Go([&] {
+      while (!stop.load()) Yield();
+      partner.Done();
+    });
+    for (int i = 0; i < 500; ++i) Yield();
+    stop.store(true);
+    partner.Wait();
+    Go([&] {  // into this P's runnext
+      ran.store(true);
+      done.Done();
+    });
+    SetMaxProcs(2);
+    while (!ran.load()) {
+    }
+    done.Done();
+  });
+  done.Wait();
+  SetMaxProcs(1);
+}
+
 TEST_P(SchedTest, ForEachFiberListsParkedFibers) {
   Latch started(3), release(1), finished(3);
   for (int i = 0; i < 3; ++i) {
