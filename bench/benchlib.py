@@ -47,3 +47,32 @@ def per_op_rows(benchmarks, reps):
         elif "aggregate_name" not in b:
             rows[b["run_name"]] = b
     return rows
+
+
+def gort_one(bench, run_name):
+    """Runs one gort benchmark (its full run name, e.g.
+    "BM_Chan_PingPong/1/real_time") alone in a fresh process, once; returns
+    its ns per operation (the "ops" counter)."""
+    base = run_name[:-len("/real_time")] if run_name.endswith("/real_time") else run_name
+    out = run([bench, "--benchmark_filter=^" + re.escape(base) + "(/real_time)?$",
+               "--benchmark_format=json"]).stdout
+    import json  # local: only this helper needs it
+    rows = per_op_rows(json.loads(out)["benchmarks"], 1)
+    return rows[run_name]["ops"] * 1e9
+
+
+def paired(gort_fn, go_fn, reps):
+    """Runs gort_fn() and go_fn() alternately, reps times each, so that each
+    pair shares the host's state of the moment (this shared machine has slow
+    spells of seconds that hit whichever runs then). Returns (median gort,
+    median Go, median of the per-pair ratios, lowest ratio, highest ratio)."""
+    import statistics
+    g, o, r = [], [], []
+    for _ in range(reps):
+        a = gort_fn()
+        b = go_fn()
+        g.append(a)
+        o.append(b)
+        r.append(a / b)
+    return (statistics.median(g), statistics.median(o), statistics.median(r),
+            min(r), max(r))

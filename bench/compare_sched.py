@@ -2,7 +2,11 @@
 """Runs //sched:sched_bench and the matching Go programs (bench/go) in one
 go and prints medians and ratios gort/Go.
 
-    bench/compare_sched.py [--reps 3] [--filter REGEX]
+    bench/compare_sched.py [--reps 3] [--filter REGEX] [--paired]
+
+--paired runs gort and Go alternately, one fresh process each per
+repetition, and reports the median of the per-pair ratios (and their
+range), as bench/compare_chan.py --paired does.
 
 Needs Go (tools/setup.sh --bench installs Debian's golang-go). Every number
 it prints is measured in this run; nothing is remembered between runs.
@@ -15,7 +19,7 @@ import statistics
 import sys
 import tempfile
 
-from benchlib import build_go, build_gort, go_value, per_op_rows, run
+from benchlib import build_go, build_gort, go_value, gort_one, paired, per_op_rows, run
 
 # gort benchmark name -> (Go program, its flags)
 PAIRS = [
@@ -33,6 +37,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--filter", default="Spawn|Yield|PingPong|Skewed")
+    ap.add_argument("--paired", action="store_true",
+                    help="alternate gort and Go processes; median of pair ratios")
     args = ap.parse_args()
     if args.reps < 1:
         ap.error("--reps must be at least 1")
@@ -41,7 +47,21 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         gobin = build_go([p for _, p, _ in PAIRS], tmp)
 
-        res = run([os.path.join(bin_dir, "sched", "sched_bench"),
+        bench = os.path.join(bin_dir, "sched", "sched_bench")
+        if args.paired:
+            print("%-44s %10s %10s %8s %12s" % (
+                "benchmark (%d alternating pairs)" % args.reps, "gort", "Go",
+                "gort/Go", "pair range"))
+            for name, prog, flags in PAIRS:
+                if not re.search(args.filter, name):
+                    continue
+                g, o, ratio, lo, hi = paired(
+                    lambda: gort_one(bench, name),
+                    lambda: go_value(gobin[prog], flags), args.reps)
+                print("%-44s %10.1f %10.1f %8.2f %5.2f-%.2f" % (name, g, o, ratio, lo, hi))
+            return 0
+
+        res = run([bench,
                    "--benchmark_filter=" + args.filter,
                    "--benchmark_repetitions=%d" % args.reps,
                    "--benchmark_format=json"])
