@@ -35,7 +35,7 @@
 //    then asks `no_thieves()` (seq_cst loads of that counter) and backs out
 //    if a thief is announced. Either the owner sees the thief's
 //    announcement, or the thief sees the flag: never neither.
-//    LeaveExclusive (a store-release) lets thieves back in.
+//    LeaveExclusive (a seq_cst store) lets thieves back in.
 // Memory ordering: everything the pusher did before Push(t) is visible to
 // whoever later takes t, by Pop or by StealInto.
 
@@ -153,7 +153,7 @@ class RunQueue {
     bool TryEnterExclusive(NoThieves no_thieves) {
       q_->exclusive_.store(true, std::memory_order_seq_cst);
       if (no_thieves()) return true;
-      q_->exclusive_.store(false, std::memory_order_release);
+      q_->exclusive_.store(false, std::memory_order_seq_cst);  // as Leave
       return false;
     }
     // Leaves exclusive mode. A thief that sees the flag clear also sees

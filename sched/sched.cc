@@ -706,6 +706,16 @@ __attribute__((noinline)) void SetExclusive(P* p, bool solo) {
   if (local.Size() > 0) WakeP();
 }
 
+// Opens p's queue if it is still exclusive from when p was alone and
+// MaxProcs has grown since. For an M that has just taken p, before it runs
+// anything: its next pop may be far off. Executed by p's owner.
+inline void OpenIfGrown(P* p) {
+  if (p->runq.local().exclusive() &&
+      g_sched->procs.load(std::memory_order_relaxed) != 1) {
+    SetExclusive(p, false);
+  }
+}
+
 __attribute__((always_inline)) inline G* PopLocal(P* p) {
   auto local = p->runq.local();
   // Out of exclusive mode at the first pop after MaxProcs grows; into it,
@@ -1037,10 +1047,7 @@ top:
   // A P taken over from another M (idle list, a Blocking hand-off) may
   // still be exclusive from when it was alone: open it before running
   // anything, so that what it queues can be stolen.
-  if (p->runq.local().exclusive() &&
-      g_sched->procs.load(std::memory_order_relaxed) != 1) {
-    SetExclusive(p, false);
-  }
+  OpenIfGrown(p);
   {
     // Due timers go into this P's ring while it has room (TimerBudget). A
     // full ring still takes a few once one is over 1 ms overdue, so that
@@ -1976,6 +1983,7 @@ void ExitBlocking(bool entered) {
   if (p->status.compare_exchange_strong(expected, kPRunning,
                                         std::memory_order_acq_rel)) {
     g->status.store(GStatus::kRunning, std::memory_order_relaxed);
+    OpenIfGrown(p);  // SetMaxProcs skips a P in a system call
     return;  // fast path: the P was not retaken
   }
   // The monitor handed our P to another M. Try an idle P; else queue the G
@@ -1989,6 +1997,7 @@ void ExitBlocking(bool entered) {
   if (p2 != nullptr) {
     AcquireP(m, p2);
     MarkRunning(m, g);
+    OpenIfGrown(p2);  // back to user code without passing FindRunnable
     return;
   }
   m->curg = nullptr;

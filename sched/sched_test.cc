@@ -1166,6 +1166,40 @@ TEST_P(SchedTest, GrowingMaxProcsFromTheOnlyPOpensItsQueueAtOnce) {
   SetMaxProcs(1);
 }
 
+// The same when MaxProcs grows while the fiber is in a Blocking call: its P
+// is in a system call then (SetMaxProcs opens only its caller's P and idle
+// ones) and is retaken by the monitor; the fiber must find the queue of the
+// P it leaves the call with open. (Without that, this hangs.)
+TEST_P(SchedTest, AQueueClosedWhileAloneOpensAfterABlockingCall) {
+  if (GetParam() != 1) GTEST_SKIP() << "starts with one P";
+  std::atomic<bool> ran{false};
+  Latch done(2);
+  Go([&] {
+    std::atomic<bool> stop{false};
+    Latch partner(1);
+    Go([&] {
+      while (!stop.load()) Yield();
+      partner.Done();
+    });
+    for (int i = 0; i < 500; ++i) Yield();
+    stop.store(true);
+    partner.Wait();
+    Blocking([] {
+      SetMaxProcs(2);
+      return usleep(2000);  // long enough for the monitor to retake the P
+    });
+    Go([&] {
+      ran.store(true);
+      done.Done();
+    });
+    while (!ran.load()) {
+    }
+    done.Done();
+  });
+  done.Wait();
+  SetMaxProcs(1);
+}
+
 TEST_P(SchedTest, ForEachFiberListsParkedFibers) {
   Latch started(3), release(1), finished(3);
   for (int i = 0; i < 3; ++i) {
