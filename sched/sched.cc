@@ -1610,6 +1610,7 @@ void Schedule(M* m) {
         NoteSleep(&m->note, kNoDeadline);
       }
       AcquireP(m, p);
+      OpenIfGrown(p);  // handed over without passing FindRunnable
       G* g = m->handed;  // written before nextp's store-release
       m->handed = nullptr;
       Execute(m, g);
@@ -1632,6 +1633,7 @@ void Schedule(M* m) {
       StartLockedM(m, g);
       continue;  // we have no P now: StopM above
     }
+    OpenIfGrown(m->p);  // (m->pending skipped FindRunnable's)
     Execute(m, g);
   }
 }
