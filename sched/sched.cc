@@ -544,8 +544,17 @@ __attribute__((noinline)) bool RunqPutSlow(P* p, G* g) {
 // Puts g in p's local queue (in runnext if `next`), spilling half of a full
 // ring to the global queue. Executed only by p's owner M. Returns whether
 // the ring was full.
+void SetExclusive(P* p, bool solo);
+
 inline bool RunqPut(P* p, G* g, bool next) {
   auto local = p->runq.local();
+  // A G queued on a P that is still exclusive after MaxProcs grew (its
+  // fiber has not reached a pop since) must be stealable: the fiber may
+  // go on to wait for it without a scheduling point.
+  if (local.exclusive() &&
+      g_sched->procs.load(std::memory_order_relaxed) != 1) [[unlikely]] {
+    SetExclusive(p, false);
+  }
   if (next) {
     g = local.PushNext(g);
     if (g == nullptr) return false;
@@ -694,9 +703,12 @@ inline void PrefetchQueueHead(RunQueue<G>::Local& local) {
 __attribute__((noinline)) void SetExclusive(P* p, bool solo) {
   auto local = p->runq.local();
   if (solo) {
+    // Also back out if MaxProcs grew meanwhile (the caller's load of procs
+    // was relaxed): SetMaxProcs stores it seq_cst before waking anyone.
     local.TryEnterExclusive([] {
       return g_sched->nmspinning.load(std::memory_order_seq_cst) == 0 &&
-             g_sched->rescuing.load(std::memory_order_seq_cst) == 0;
+             g_sched->rescuing.load(std::memory_order_seq_cst) == 0 &&
+             g_sched->procs.load(std::memory_order_seq_cst) == 1;
     });
     return;
   }
@@ -2182,7 +2194,8 @@ void SetMaxProcs(int n) {
         back.push_back(g_sched->allp[i]);
       }
     }
-    g_sched->procs.store(n, std::memory_order_release);
+    // seq_cst: SetExclusive's entry re-reads it after raising the flag.
+    g_sched->procs.store(n, std::memory_order_seq_cst);
     for (P* p : back) PIdlePut(p);
     // An idle P is nobody's but the lock holder's: open any queue left
     // exclusive (RunQueue) from when it was alone.

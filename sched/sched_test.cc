@@ -1200,6 +1200,48 @@ TEST_P(SchedTest, AQueueClosedWhileAloneOpensAfterABlockingCall) {
   SetMaxProcs(1);
 }
 
+// The same when another thread grows MaxProcs while the P's fiber runs
+// without a scheduling point: that fiber then queues a fiber and waits for
+// it. The push opens the queue. (Without that, this hangs.)
+TEST_P(SchedTest, AQueueClosedWhileAloneOpensWhenItsFiberQueuesAfterGrowth) {
+  if (GetParam() != 1) GTEST_SKIP() << "starts with one P";
+  std::atomic<bool> ran{false};
+  std::atomic<bool> grow{false};
+  std::atomic<bool> grown{false};
+  Latch done(2);
+  std::thread grower([&] {
+    while (!grow.load()) {
+      std::this_thread::yield();
+    }
+    SetMaxProcs(2);
+    grown.store(true);
+  });
+  Go([&] {
+    std::atomic<bool> stop{false};
+    Latch partner(1);
+    Go([&] {
+      while (!stop.load()) Yield();
+      partner.Done();
+    });
+    for (int i = 0; i < 500; ++i) Yield();
+    stop.store(true);
+    partner.Wait();
+    grow.store(true);
+    while (!grown.load()) {  // no scheduling point
+    }
+    Go([&] {
+      ran.store(true);
+      done.Done();
+    });
+    while (!ran.load()) {
+    }
+    done.Done();
+  });
+  done.Wait();
+  grower.join();
+  SetMaxProcs(1);
+}
+
 TEST_P(SchedTest, ForEachFiberListsParkedFibers) {
   Latch started(3), release(1), finished(3);
   for (int i = 0; i < 3; ++i) {
