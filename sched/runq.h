@@ -28,10 +28,10 @@
 //    elements with plain loads and stores, no read-modify-write, and
 //    StealInto refuses (returns null). A CAS is the dearest part of a pop
 //    (without it a yield took a fifth less on an Intel Xeon, 2026-11-28:
-//    docs/sched.md). Entering is a Dekker handshake
-//    with the thieves, who must announce themselves in a counter the owner
-//    reads (a seq_cst read-modify-write before their first StealInto, its
-//    undo after their last): TryEnterExclusive stores the flag (seq_cst),
+//    docs/sched.md). Entering is a Dekker handshake with the thieves, who
+//    must announce themselves in a counter the owner reads (a seq_cst
+//    read-modify-write before their first StealInto, its undo after their
+//    last): TryEnterExclusive stores the flag (seq_cst),
 //    then asks `no_thieves()` (seq_cst loads of that counter) and backs out
 //    if a thief is announced. Either the owner sees the thief's
 //    announcement, or the thief sees the flag: never neither.

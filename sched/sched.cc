@@ -541,11 +541,11 @@ __attribute__((noinline)) bool RunqPutSlow(P* p, G* g) {
   return false;
 }
 
+void SetExclusive(P* p, bool solo);
+
 // Puts g in p's local queue (in runnext if `next`), spilling half of a full
 // ring to the global queue. Executed only by p's owner M. Returns whether
 // the ring was full.
-void SetExclusive(P* p, bool solo);
-
 inline bool RunqPut(P* p, G* g, bool next) {
   auto local = p->runq.local();
   // A G queued on a P that is still exclusive after MaxProcs grew (its
@@ -689,13 +689,6 @@ inline void PrefetchQueueHead(RunQueue<G>::Local& local) {
   if (G* next = local.PeekHead()) PrefetchParkedStack(next);
 }
 
-// Takes the next G from p's local queue: runnext first, unless runnext has
-// pre-empted the ring kRunnextCap times in a row (two fibers that keep
-// readying each other would otherwise starve every G queued behind them).
-// Every pop of the local queue goes through here: G to G (NextLocal),
-// through g0 (FindRunnable), and after a spinning M fired timers into its
-// ring (StealWork). Executed only by p's owner. Inline: it is
-// on the path of every yield and hand-off.
 // Puts p's queue in exclusive mode (RunQueue: pops without a CAS) while it
 // is the only P, and takes it out when MaxProcs grows. Executed by p's
 // owner. Thieves are the spinning Ms (counted in nmspinning while they
@@ -728,6 +721,13 @@ inline void OpenIfGrown(P* p) {
   }
 }
 
+// Takes the next G from p's local queue: runnext first, unless runnext has
+// pre-empted the ring kRunnextCap times in a row (two fibers that keep
+// readying each other would otherwise starve every G queued behind them).
+// Every pop of the local queue goes through here: G to G (NextLocal),
+// through g0 (FindRunnable), and after a spinning M fired timers into its
+// ring (StealWork). Executed only by p's owner. Inline: it is
+// on the path of every yield and hand-off.
 __attribute__((always_inline)) inline G* PopLocal(P* p) {
   auto local = p->runq.local();
   // Out of exclusive mode at the first pop after MaxProcs grows; into it,
@@ -1622,7 +1622,7 @@ void Schedule(M* m) {
         NoteSleep(&m->note, kNoDeadline);
       }
       AcquireP(m, p);
-      OpenIfGrown(p);  // handed over without passing FindRunnable
+      OpenIfGrown(p);    // handed over without passing FindRunnable
       G* g = m->handed;  // written before nextp's store-release
       m->handed = nullptr;
       Execute(m, g);
