@@ -1133,33 +1133,48 @@ TEST_P(SchedTest, AQueueClosedWhileAloneOpensWhenMaxProcsGrows) {
   SetMaxProcs(1);
 }
 
+// For the tests below, from a fiber at MaxProcs 1: yields with a partner
+// for some hundreds of schedules (several 61-ticks), so that this P's
+// queue is exclusive when it returns.
+void YieldUntilTheQueueIsExclusive() {
+  std::atomic<bool> stop{false};
+  Latch partner(1);
+  Go([&] {
+    while (!stop.load()) Yield();
+    partner.Done();
+  });
+  for (int i = 0; i < 500; ++i) Yield();
+  stop.store(true);
+  partner.Wait();
+}
+
+// Queues a fiber on this P, calls `then()`, and waits for the fiber
+// without a scheduling point: returns only once another P has run it.
+template <typename Then>
+void QueueAFiberAndSpinUntilItRuns(Then then) {
+  std::atomic<bool> ran{false};
+  Latch finished(1);
+  Go([&] {  // into this P's runnext
+    ran.store(true);
+    finished.Done();
+  });
+  then();
+  while (!ran.load()) {
+  }
+  finished.Wait();  // `ran` and `finished` outlive the fiber's use of them
+}
+
 // The fiber that grows MaxProcs from 1 opens its P's queue at once: here it
 // then waits for a fiber it queued without a scheduling point, which only
 // the new P can run. (With the queue left closed until the next pop, this
 // hangs.)
 TEST_P(SchedTest, GrowingMaxProcsFromTheOnlyPOpensItsQueueAtOnce) {
   if (GetParam() != 1) GTEST_SKIP() << "starts with one P";
-  std::atomic<bool> ran{false};
-  Latch done(2);
+  Latch done(1);
   Go([&] {
-    // Alone with a partner to yield to for a while: the queue is
-    // exclusive by the end.
-    std::atomic<bool> stop{false};
-    Latch partner(1);
-    Go([&] {
-      while (!stop.load()) Yield();
-      partner.Done();
-    });
-    for (int i = 0; i < 500; ++i) Yield();
-    stop.store(true);
-    partner.Wait();
-    Go([&] {  // into this P's runnext
-      ran.store(true);
-      done.Done();
-    });
-    SetMaxProcs(2);
-    while (!ran.load()) {
-    }
+    YieldUntilTheQueueIsExclusive();
+    // Queued before the growth: only SetMaxProcs's own opener can help.
+    QueueAFiberAndSpinUntilItRuns([] { SetMaxProcs(2); });
     done.Done();
   });
   done.Wait();
@@ -1168,32 +1183,19 @@ TEST_P(SchedTest, GrowingMaxProcsFromTheOnlyPOpensItsQueueAtOnce) {
 
 // The same when MaxProcs grows while the fiber is in a Blocking call: its P
 // is in a system call then (SetMaxProcs opens only its caller's P and idle
-// ones) and is retaken by the monitor; the fiber must find the queue of the
-// P it leaves the call with open. (Without that, this hangs.)
+// ones) and is retaken by the monitor; the queue of the P the fiber leaves
+// the call with must be open by the time the fiber waits. (ExitBlocking
+// opens it, and so would the push; with neither, this hangs.)
 TEST_P(SchedTest, AQueueClosedWhileAloneOpensAfterABlockingCall) {
   if (GetParam() != 1) GTEST_SKIP() << "starts with one P";
-  std::atomic<bool> ran{false};
-  Latch done(2);
+  Latch done(1);
   Go([&] {
-    std::atomic<bool> stop{false};
-    Latch partner(1);
-    Go([&] {
-      while (!stop.load()) Yield();
-      partner.Done();
-    });
-    for (int i = 0; i < 500; ++i) Yield();
-    stop.store(true);
-    partner.Wait();
+    YieldUntilTheQueueIsExclusive();
     Blocking([] {
       SetMaxProcs(2);
       return usleep(2000);  // long enough for the monitor to retake the P
     });
-    Go([&] {
-      ran.store(true);
-      done.Done();
-    });
-    while (!ran.load()) {
-    }
+    QueueAFiberAndSpinUntilItRuns([] {});
     done.Done();
   });
   done.Wait();
@@ -1205,10 +1207,9 @@ TEST_P(SchedTest, AQueueClosedWhileAloneOpensAfterABlockingCall) {
 // it. The push opens the queue. (Without that, this hangs.)
 TEST_P(SchedTest, AQueueClosedWhileAloneOpensWhenItsFiberQueuesAfterGrowth) {
   if (GetParam() != 1) GTEST_SKIP() << "starts with one P";
-  std::atomic<bool> ran{false};
   std::atomic<bool> grow{false};
   std::atomic<bool> grown{false};
-  Latch done(2);
+  Latch done(1);
   std::thread grower([&] {
     while (!grow.load()) {
       std::this_thread::yield();
@@ -1217,24 +1218,11 @@ TEST_P(SchedTest, AQueueClosedWhileAloneOpensWhenItsFiberQueuesAfterGrowth) {
     grown.store(true);
   });
   Go([&] {
-    std::atomic<bool> stop{false};
-    Latch partner(1);
-    Go([&] {
-      while (!stop.load()) Yield();
-      partner.Done();
-    });
-    for (int i = 0; i < 500; ++i) Yield();
-    stop.store(true);
-    partner.Wait();
+    YieldUntilTheQueueIsExclusive();
     grow.store(true);
     while (!grown.load()) {  // no scheduling point
     }
-    Go([&] {
-      ran.store(true);
-      done.Done();
-    });
-    while (!ran.load()) {
-    }
+    QueueAFiberAndSpinUntilItRuns([] {});
     done.Done();
   });
   done.Wait();
