@@ -1,8 +1,10 @@
 """What bench/compare_*.py share: building gort's benchmarks and the Go
 programs of bench/go, and running them. Every number comes from the run
 that asks for it; nothing is remembered between runs."""
+import json
 import os
 import re
+import statistics
 import subprocess
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -56,7 +58,6 @@ def gort_one(bench, run_name):
     base = run_name[:-len("/real_time")] if run_name.endswith("/real_time") else run_name
     out = run([bench, "--benchmark_filter=^" + re.escape(base) + "(/real_time)?$",
                "--benchmark_format=json"]).stdout
-    import json  # local: only this helper needs it
     rows = per_op_rows(json.loads(out)["benchmarks"], 1)
     return rows[run_name]["ops"] * 1e9
 
@@ -66,7 +67,6 @@ def paired(gort_fn, go_fn, reps):
     pair shares the host's state of the moment (this shared machine has slow
     spells of seconds that hit whichever runs then). Returns (median gort,
     median Go, median of the per-pair ratios, lowest ratio, highest ratio)."""
-    import statistics
     g, o, r = [], [], []
     for _ in range(reps):
         a = gort_fn()
@@ -76,3 +76,14 @@ def paired(gort_fn, go_fn, reps):
         r.append(a / b)
     return (statistics.median(g), statistics.median(o), statistics.median(r),
             min(r), max(r))
+
+
+def report_paired(bench, pairs, reps):
+    """Prints, for each (gort run name, function returning Go's number) in
+    `pairs`, the result of paired() over `reps` alternating processes."""
+    print("%-46s %10s %10s %8s %12s" % (
+        "benchmark (%d alternating pairs)" % reps, "gort", "Go", "gort/Go",
+        "pair range"))
+    for name, go_fn in pairs:
+        g, o, ratio, lo, hi = paired(lambda: gort_one(bench, name), go_fn, reps)
+        print("%-46s %10.1f %10.1f %8.2f %5.2f-%.2f" % (name, g, o, ratio, lo, hi))

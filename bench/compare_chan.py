@@ -19,7 +19,7 @@ import statistics
 import sys
 import tempfile
 
-from benchlib import build_go, build_gort, go_value, gort_one, paired, per_op_rows, run
+from benchlib import build_go, build_gort, go_value, per_op_rows, report_paired, run
 
 # gort benchmark name -> (Go program, its flags, the number Go prints)
 PAIRS = [
@@ -50,16 +50,12 @@ def main():
 
         bench = os.path.join(bin_dir, "chan", "chan_bench")
         if args.paired:
-            print("%-46s %10s %10s %8s %12s" % (
-                "benchmark (%d alternating pairs)" % args.reps, "gort", "Go",
-                "gort/Go", "pair range"))
-            for name, prog, flags, key in PAIRS:
-                if name in COUNTER or not re.search(args.filter, name):
-                    continue
-                g, o, ratio, lo, hi = paired(
-                    lambda: gort_one(bench, name),
-                    lambda: go_value(gobin[prog], flags, key), args.reps)
-                print("%-46s %10.1f %10.1f %8.2f %5.2f-%.2f" % (name, g, o, ratio, lo, hi))
+            report_paired(bench, [
+                (name, lambda prog=prog, flags=flags, key=key:
+                 go_value(gobin[prog], flags, key))
+                for name, prog, flags, key in PAIRS
+                if name not in COUNTER and re.search(args.filter, name)
+            ], args.reps)
             return 0
         res = run([bench, "--benchmark_filter=" + args.filter,
                    "--benchmark_repetitions=%d" % args.reps,

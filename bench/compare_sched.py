@@ -19,7 +19,7 @@ import statistics
 import sys
 import tempfile
 
-from benchlib import build_go, build_gort, go_value, gort_one, paired, per_op_rows, run
+from benchlib import build_go, build_gort, go_value, per_op_rows, report_paired, run
 
 # gort benchmark name -> (Go program, its flags)
 PAIRS = [
@@ -49,16 +49,11 @@ def main():
 
         bench = os.path.join(bin_dir, "sched", "sched_bench")
         if args.paired:
-            print("%-44s %10s %10s %8s %12s" % (
-                "benchmark (%d alternating pairs)" % args.reps, "gort", "Go",
-                "gort/Go", "pair range"))
-            for name, prog, flags in PAIRS:
-                if not re.search(args.filter, name):
-                    continue
-                g, o, ratio, lo, hi = paired(
-                    lambda: gort_one(bench, name),
-                    lambda: go_value(gobin[prog], flags), args.reps)
-                print("%-44s %10.1f %10.1f %8.2f %5.2f-%.2f" % (name, g, o, ratio, lo, hi))
+            report_paired(bench, [
+                (name, lambda prog=prog, flags=flags:
+                 go_value(gobin[prog], flags))
+                for name, prog, flags in PAIRS if re.search(args.filter, name)
+            ], args.reps)
             return 0
 
         res = run([bench,
