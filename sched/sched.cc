@@ -543,6 +543,17 @@ __attribute__((noinline)) bool RunqPutSlow(P* p, G* g) {
 
 void SetExclusive(P* p, bool solo);
 
+// Opens p's queue if it is still exclusive from when p was alone and
+// MaxProcs has grown since: wherever p's owner may run or queue a G with
+// its next pop far off (after taking p over, and at every push). Executed
+// by p's owner.
+inline void OpenIfGrown(P* p) {
+  if (p->runq.local().exclusive() &&
+      g_sched->procs.load(std::memory_order_relaxed) != 1) [[unlikely]] {
+    SetExclusive(p, false);
+  }
+}
+
 // Puts g in p's local queue (in runnext if `next`), spilling half of a full
 // ring to the global queue. Executed only by p's owner M. Returns whether
 // the ring was full.
@@ -551,10 +562,7 @@ inline bool RunqPut(P* p, G* g, bool next) {
   // A G queued on a P that is still exclusive after MaxProcs grew (its
   // fiber has not reached a pop since) must be stealable: the fiber may
   // go on to wait for it without a scheduling point.
-  if (local.exclusive() &&
-      g_sched->procs.load(std::memory_order_relaxed) != 1) [[unlikely]] {
-    SetExclusive(p, false);
-  }
+  OpenIfGrown(p);
   if (next) {
     g = local.PushNext(g);
     if (g == nullptr) return false;
@@ -709,16 +717,6 @@ __attribute__((noinline)) void SetExclusive(P* p, bool solo) {
   // Ms started for the new Ps may have found this queue closed and gone
   // back to sleep: call one for what is queued here.
   if (local.Size() > 0) WakeP();
-}
-
-// Opens p's queue if it is still exclusive from when p was alone and
-// MaxProcs has grown since. For an M that has just taken p, before it runs
-// anything: its next pop may be far off. Executed by p's owner.
-inline void OpenIfGrown(P* p) {
-  if (p->runq.local().exclusive() &&
-      g_sched->procs.load(std::memory_order_relaxed) != 1) {
-    SetExclusive(p, false);
-  }
 }
 
 // Takes the next G from p's local queue: runnext first, unless runnext has
@@ -1056,10 +1054,6 @@ top:
     if (m->spinning) ResetSpinning(m);
     if (RetireP(p, m)) goto nop;
   }
-  // A P taken over from another M (idle list, a Blocking hand-off) may
-  // still be exclusive from when it was alone: open it before running
-  // anything, so that what it queues can be stolen.
-  OpenIfGrown(p);
   {
     // Due timers go into this P's ring while it has room (TimerBudget). A
     // full ring still takes a few once one is over 1 ms overdue, so that
@@ -1645,7 +1639,11 @@ void Schedule(M* m) {
       StartLockedM(m, g);
       continue;  // we have no P now: StopM above
     }
-    OpenIfGrown(m->p);  // (m->pending skipped FindRunnable's)
+    // A P taken over from another M (idle list, a Blocking hand-off) may
+    // still be exclusive from when it was alone: open it before running
+    // anything (a G from m->pending, the global queue or a steal was not
+    // taken by a pop, which would have opened it).
+    OpenIfGrown(m->p);
     Execute(m, g);
   }
 }
