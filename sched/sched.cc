@@ -59,6 +59,9 @@ constexpr int kRunnextCap = 3;
 constexpr int kGFreeBatch = 32;  // Gs per free-list magazine
 constexpr std::int64_t kLongRunningNs = 10'000'000;
 constexpr std::int64_t kSyscallRetakeNs = 20'000;
+// Stacks the monitor trims per round when a stack pool is past its
+// high-water mark: about 2 ms of madvise on this project's VM.
+constexpr std::size_t kTrimChunkStacks = 4096;
 
 struct M;
 struct P;
@@ -1823,6 +1826,13 @@ void SysmonLoop() {
       TrimIdleStacks();
       next_stack_trim = now + 1'000'000'000;
     }
+    // And those past the pool's high-water mark, which Start left to us,
+    // a chunk per round: the rest of the round (P retakes, overdue timers)
+    // does not wait for a whole trim, and the Ms it would have stalled
+    // share the CPUs with us instead.
+    if (StackTrimmingPending() && TrimExcessStacks(kTrimChunkStacks)) {
+      acted = true;
+    }
     // Timers over 1 ms overdue that nobody will fire: no M sleeps on them,
     // and their P has been held by one fiber for that long (gort cannot
     // preempt it), or is idle. Fire them here: ReadyG, with no M, puts the
@@ -1918,6 +1928,9 @@ void StartLocked(const RuntimeOptions& options) {
   g_sched->procs.store(procs, std::memory_order_release);
   for (int i = procs - 1; i >= 0; --i) PIdlePut(g_sched->allp[i]);
   InstallSchedulerHooks(&kHooks);
+  // The monitor trims stack pools past their high-water mark, so that an
+  // exiting fiber's M does not (SysmonLoop). Undone in Shutdown.
+  SetStackTrimmingDeferred(true);
   g_sched->sysmon = std::thread([] {
     pthread_setname_np(pthread_self(), "gort-sysmon");
     SysmonLoop();
@@ -2063,6 +2076,9 @@ bool Shutdown(absl::Duration timeout) {
     m->thread.join();
     delete m;
   }
+  // The Ms' exits flushed their stack caches; what that left past the
+  // high-water mark is trimmed here, with nobody left to defer to.
+  SetStackTrimmingDeferred(false);
   InstallSchedulerHooks(nullptr);
   for (G* g : g_sched->allg) g->~G();
   for (void* arena : g_sched->arenas) munmap(arena, 32u << 20);

@@ -1309,6 +1309,49 @@ TEST(SchedLifecycleTest, LazyStartShutdownRestart) {
   }
 }
 
+// Frees `n` default stacks whose top page was touched.
+void FreeTouchedStacks(int n) {
+  std::vector<Stack> stacks;
+  for (int i = 0; i < n; ++i) {
+    stacks.push_back(Stack::Allocate());
+    static_cast<char*>(stacks.back().top())[-1] = 1;
+  }
+}
+
+// While the runtime runs, a stack pool past its high-water mark is trimmed
+// by the monitor, not by the thread that freed the stacks (an M, in the
+// middle of its Ps' fibers and timers); after Shutdown, by that thread again.
+TEST(SchedLifecycleTest, TheMonitorTrimsStackPoolsPastTheirMark) {
+  ASSERT_FALSE(Running());
+  const std::size_t old_limit = GetStackPoolLimit();
+  SetStackPoolLimit(64);  // trims past 64 + 32, on the spot past 64 + 64
+  ReleaseStackCache();
+  Start();
+  const StackStats before = GetStackStats(false);
+  // From this plain thread: 140 freed, 108-124 of them past its cache.
+  FreeTouchedStacks(140);
+  // The monitor looks every 20 us to 10 ms.
+  for (int i = 0; i < 30'000 && StackTrimmingPending(); ++i) {
+    absl::SleepFor(absl::Milliseconds(1));
+  }
+  EXPECT_FALSE(StackTrimmingPending());
+  const StackStats running = GetStackStats(false);
+  EXPECT_GE(running.trimmed_stacks - before.trimmed_stacks, 108u - 64u);
+  EXPECT_EQ(running.deferred_trimmed_stacks - before.deferred_trimmed_stacks,
+            running.trimmed_stacks - before.trimmed_stacks);
+  EXPECT_TRUE(Shutdown());
+
+  ReleaseStackCache();
+  const StackStats stopped = GetStackStats(false);
+  FreeTouchedStacks(140);
+  const StackStats after = GetStackStats(false);
+  EXPECT_FALSE(StackTrimmingPending());
+  EXPECT_GE(after.trimmed_stacks - stopped.trimmed_stacks, 108u - 96u);
+  EXPECT_EQ(after.deferred_trimmed_stacks, stopped.deferred_trimmed_stacks);
+  SetStackPoolLimit(old_limit);
+  ReleaseStackCache();
+}
+
 TEST(SchedLifecycleTest, ShutdownTimesOutWhileFibersLive) {
   Start();
   Latch release(1), finished(1);

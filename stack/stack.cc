@@ -82,6 +82,7 @@ StackStats GetStackStats(bool measure_resident) {
   s.guard_bytes = p.guard_bytes;
   s.trim_calls = p.trim_calls;
   s.trimmed_stacks = p.trimmed_stacks;
+  s.deferred_trimmed_stacks = p.deferred_trimmed_stacks;
   s.pool_limit = p.pool_limit;
   s.lightweight_guards = p.lightweight_guards;
   return s;
@@ -98,6 +99,16 @@ void SetStackPoolLimit(std::size_t stacks) {
 std::size_t GetStackPoolLimit() { return stack_internal::GetPoolLimit(); }
 
 void TrimIdleStacks(std::size_t keep) { stack_internal::TrimIdle(keep); }
+
+void SetStackTrimmingDeferred(bool defer) {
+  stack_internal::SetTrimDeferred(defer);
+}
+
+bool StackTrimmingPending() { return stack_internal::TrimPending(); }
+
+bool TrimExcessStacks(std::size_t max_stacks) {
+  return stack_internal::TrimExcess(max_stacks);
+}
 
 void PrepareThreadForStacks() {
   ThreadState& ts = stack_internal::tls_thread_state;

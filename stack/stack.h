@@ -113,9 +113,14 @@ struct StackStats {
   std::size_t mprotect_guarded = 0;  // stacks guarded by mprotect (fallback)
   std::size_t guard_budget = 0;      // mprotect guards allowed (fallback)
   std::size_t guard_bytes = 0;       // guard size below each stack
-  std::size_t trim_calls = 0;        // madvise(MADV_DONTNEED) calls so far
-  std::size_t trimmed_stacks = 0;    // stacks whose pages were given back
-  std::size_t pool_limit = 0;        // high-water mark per size class
+  // System calls that gave pages back (madvise, or process_madvise with a
+  // batch of ranges: see docs/stack.md) so far.
+  std::size_t trim_calls = 0;
+  std::size_t trimmed_stacks = 0;  // stacks whose pages were given back
+  // Of trimmed_stacks, those TrimExcessStacks() trimmed: past the high-water
+  // mark while SetStackTrimmingDeferred(true) was in effect.
+  std::size_t deferred_trimmed_stacks = 0;
+  std::size_t pool_limit = 0;  // high-water mark per size class
   // True: guards are MADV_GUARD_INSTALL markers (no mappings, no limit).
   // False: the mprotect fallback (older kernels).
   bool lightweight_guards = false;
@@ -263,6 +268,30 @@ std::size_t GetStackPoolLimit();
 // within about two periods after it: Go's scavenger, with a period. Any
 // thread; takes each class's pool lock briefly.
 void TrimIdleStacks(std::size_t keep = 1024);
+
+// Trimming past the high-water mark runs, by default, on the thread whose
+// Release() takes a shared pool past it, in the middle of whatever that
+// thread was doing: for a scheduler's thread, the fibers queued behind the
+// one that exited, and its timers, wait (32,768 stacks took 17-19 ms on
+// this project's VM, 2026-11-28). A runtime with a thread of its own that
+// looks in regularly (//sched's monitor does, every 20 us to 10 ms) can take
+// that work: while SetStackTrimmingDeferred(true) is in effect, such a
+// Release() only raises StackTrimmingPending(), and the runtime's thread
+// calls TrimExcessStacks(). A pool that grows past twice its slack before
+// then trims on the spot anyway, so memory stays bounded. Calls nest: each
+// true needs its false, and the last false trims whatever is still pending
+// on the calling thread. A false without a true is a fatal error.
+void SetStackTrimmingDeferred(bool defer);
+
+// True if a shared pool went past its high-water mark while trimming was
+// deferred and TrimExcessStacks() has not run since. A relaxed load.
+bool StackTrimmingPending();
+
+// Trims every shared pool holding more than its limit down to it, at most
+// `max_stacks` stacks in all (the oldest first), and clears
+// StackTrimmingPending(). Returns true, and raises StackTrimmingPending()
+// again, if some remain: call it again soon. Any thread.
+bool TrimExcessStacks(std::size_t max_stacks = SIZE_MAX);
 
 // Makes the calling thread ready to run code on these stacks: installs the
 // overflow handler (once per process) and an alternate signal stack for this

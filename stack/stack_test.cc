@@ -277,7 +277,7 @@ TEST(StackTest, TrimIdleStacksReleasesOnlyStacksIdleForAPeriod) {
       std::memset(static_cast<char*>(stacks.back().top()) - 8192, 1, 8192);
       regions.emplace_back(stacks.back().base(), stacks.back().size());
     }
-  }  // all freed: most go to the shared pool, resident
+  }                     // all freed: most go to the shared pool, resident
   ReleaseStackCache();  // (also flushes this thread's cache, then trims all)
   std::vector<Stack> again;
   for (std::size_t i = 0; i < kStacks; ++i) {
@@ -338,7 +338,8 @@ TEST(StackTest, TheCompactPoolKeepsAsManyPagesAsAnyOther) {
   constexpr std::size_t kLimit = 16;
   ScopedPoolLimit limit(kLimit);
   // The compact class's limit counts pages: per page, page / size stacks.
-  const std::size_t per_page = std::max<std::size_t>(1, Page() / kCompactStackSize);
+  const std::size_t per_page =
+      std::max<std::size_t>(1, Page() / kCompactStackSize);
   const std::size_t scaled = kLimit * per_page;
   constexpr std::size_t kStacks = 600;
   std::vector<Stack> stacks;
@@ -376,6 +377,125 @@ TEST(StackTest, TrimCoalescesAdjacentStacks) {
   // One madvise per run of adjacent stacks: one run here (a second if the
   // slab ran out), not one per stack.
   EXPECT_LE(after.trim_calls - before.trim_calls, 2u);
+}
+
+// While trimming is deferred (a runtime's monitor trims instead of the
+// thread that frees), for the length of a scope.
+class ScopedTrimmingDeferred {
+ public:
+  ScopedTrimmingDeferred() { SetStackTrimmingDeferred(true); }
+  ~ScopedTrimmingDeferred() { SetStackTrimmingDeferred(false); }
+  ScopedTrimmingDeferred(const ScopedTrimmingDeferred&) = delete;
+  ScopedTrimmingDeferred& operator=(const ScopedTrimmingDeferred&) = delete;
+};
+
+// Stacks resident in the shared pools (not in a thread cache).
+std::size_t SharedResident() {
+  const StackStats s = GetStackStats(false);
+  return s.pooled_resident - s.thread_cached;
+}
+
+// Frees `n` default stacks whose top page was touched, all at once, into a
+// pool that starts empty with nothing pending.
+void FreeTouchedStacks(std::size_t n) {
+  std::vector<Stack> stacks;
+  for (std::size_t i = 0; i < n; ++i) {
+    stacks.push_back(Stack::Allocate());
+    static_cast<char*>(stacks.back().top())[-1] = 1;
+  }
+  stacks.clear();
+}
+
+void StartWithAnEmptyPool() {
+  ReleaseStackCache();
+  TrimExcessStacks();
+  ASSERT_EQ(SharedResident(), 0u);
+  ASSERT_FALSE(StackTrimmingPending());
+}
+
+// Limit 64 and slack 32: past 96 the pool wants trimming down to 64; past
+// 128 it trims on the spot even while deferred.
+constexpr std::size_t kDeferLimit = 64;
+
+TEST(StackTest, TrimmingPastTheMarkIsLeftToTheTrimmerWhileDeferred) {
+  ASSERT_EQ(stack_internal::TrimSlack(kDeferLimit), 32u);
+  StartWithAnEmptyPool();
+  ScopedPoolLimit limit(kDeferLimit);
+  ScopedTrimmingDeferred deferred;
+  const StackStats before = GetStackStats(false);
+  FreeTouchedStacks(140);  // the shared pool gets 108-124 of them
+  const std::size_t shared = SharedResident();
+  ASSERT_GT(shared, 96u);
+  ASSERT_LE(shared, 128u);
+  EXPECT_EQ(GetStackStats(false).trimmed_stacks, before.trimmed_stacks);
+  EXPECT_TRUE(StackTrimmingPending());
+
+  EXPECT_FALSE(TrimExcessStacks());
+  EXPECT_FALSE(StackTrimmingPending());
+  EXPECT_EQ(SharedResident(), kDeferLimit);
+  const StackStats after = GetStackStats(false);
+  EXPECT_EQ(after.trimmed_stacks - before.trimmed_stacks, shared - kDeferLimit);
+  EXPECT_EQ(after.deferred_trimmed_stacks - before.deferred_trimmed_stacks,
+            shared - kDeferLimit);
+}
+
+TEST(StackTest, TheTrimmerTrimsAsMuchAsItIsToldAndSaysWhatRemains) {
+  StartWithAnEmptyPool();
+  ScopedPoolLimit limit(kDeferLimit);
+  ScopedTrimmingDeferred deferred;
+  FreeTouchedStacks(140);
+  const std::size_t shared = SharedResident();
+  ASSERT_GT(shared, 96u);
+  const std::size_t trimmed_before = GetStackStats(false).trimmed_stacks;
+  EXPECT_TRUE(TrimExcessStacks(10));
+  EXPECT_EQ(GetStackStats(false).trimmed_stacks - trimmed_before, 10u);
+  EXPECT_EQ(SharedResident(), shared - 10);
+  EXPECT_TRUE(StackTrimmingPending());
+  EXPECT_FALSE(TrimExcessStacks(1000));
+  EXPECT_FALSE(StackTrimmingPending());
+  EXPECT_EQ(SharedResident(), kDeferLimit);
+}
+
+TEST(StackTest, APoolFarPastTheMarkTrimsOnTheSpotEvenWhileDeferred) {
+  StartWithAnEmptyPool();
+  ScopedPoolLimit limit(kDeferLimit);
+  ScopedTrimmingDeferred deferred;
+  const std::size_t trimmed_before = GetStackStats(false).trimmed_stacks;
+  FreeTouchedStacks(1000);
+  // Never more than the limit, twice the slack and one batch.
+  EXPECT_LE(SharedResident(),
+            kDeferLimit + 64 + stack_internal::kThreadCacheBatch);
+  EXPECT_GE(GetStackStats(false).trimmed_stacks - trimmed_before,
+            1000 - kDeferLimit - 64 - stack_internal::kThreadCacheBatch -
+                stack_internal::kThreadCacheCapacity);
+  TrimExcessStacks();
+}
+
+TEST(StackTest, DeferringNestsAndTheLastToStopTrimsWhatIsPending) {
+  StartWithAnEmptyPool();
+  ScopedPoolLimit limit(kDeferLimit);
+  {
+    ScopedTrimmingDeferred outer;
+    {
+      ScopedTrimmingDeferred inner;
+      FreeTouchedStacks(140);
+      ASSERT_TRUE(StackTrimmingPending());
+    }
+    // Still deferred: the outer one has not stopped.
+    EXPECT_TRUE(StackTrimmingPending());
+    EXPECT_GT(SharedResident(), kDeferLimit);
+  }
+  EXPECT_FALSE(StackTrimmingPending());
+  EXPECT_EQ(SharedResident(), kDeferLimit);
+  // Not deferred now: past the mark, the freeing thread trims at once.
+  FreeTouchedStacks(140);
+  EXPECT_FALSE(StackTrimmingPending());
+  EXPECT_LE(SharedResident(), 96u + stack_internal::kThreadCacheBatch);
+}
+
+TEST(StackDeathTest, StoppingADeferralNeverStartedIsFatal) {
+  EXPECT_DEATH(SetStackTrimmingDeferred(false),
+               "SetStackTrimmingDeferred\\(false\\) without a matching");
 }
 
 TEST(StackTest, CompactStacksArePackedWithoutGuards) {

@@ -70,10 +70,15 @@ struct SharedPool {
   std::size_t pooled = 0;                // guarded by mu
   // resident[0, idle_mark) were already pooled at the last TrimIdle() and
   // have not been handed out since: idle for a whole period.
-  std::size_t idle_mark = 0;             // guarded by mu
+  std::size_t idle_mark = 0;  // guarded by mu
   // resident[0, orphans): compact slots a trim kept for their page-mates.
   std::size_t orphans = 0;  // guarded by mu
 };
+
+// SetStackTrimmingDeferred(): how many callers want trimming past the
+// high-water mark left to them, and whether a pool is waiting for it.
+std::atomic<int> g_trim_deferred{0};
+std::atomic<bool> g_trim_pending{false};
 
 // A class's share of a limit given in stacks: the compact class, whose
 // stacks share pages, keeps as many pages' worth (saturating).
@@ -166,6 +171,7 @@ class Pool {
     const std::size_t limit =
         ScaledLimit(cls, limit_.load(std::memory_order_relaxed));
     std::vector<std::uintptr_t> victims;
+    bool pending = false;
     {
       std::lock_guard<SpinLock> lock(sp.mu);
       sp.resident.insert(sp.resident.end(), tops, tops + n);
@@ -174,10 +180,53 @@ class Pool {
       // keep them all would otherwise be retried on every batch.
       const std::size_t counted = sp.resident.size() - sp.orphans;
       if (counted > limit && counted - limit > TrimSlack(limit)) {
-        TakeOldestLocked(sp, sp.resident.size() - limit, &victims);
+        // Deferred: the trimmer's thread does it, unless it is so late that
+        // the pool grew by another slack meanwhile.
+        if (g_trim_deferred.load(std::memory_order_relaxed) > 0 &&
+            counted - limit <= 2 * TrimSlack(limit)) {
+          pending = true;
+        } else {
+          TakeOldestLocked(sp, sp.resident.size() - limit, &victims);
+        }
       }
     }
+    if (pending && !g_trim_pending.load(std::memory_order_relaxed)) {
+      g_trim_pending.store(true, std::memory_order_relaxed);
+    }
     if (!victims.empty()) TrimAndStore(cls, &victims);
+  }
+
+  // Trims every class whose shared pool holds more than its limit down to
+  // it, at most `budget` stacks in all. Returns true if some remain.
+  bool TrimExcess(std::size_t budget) {
+    g_trim_pending.store(false, std::memory_order_relaxed);
+    const std::size_t limit_all = limit_.load(std::memory_order_relaxed);
+    const std::uint32_t n = ClassCount();
+    for (std::uint32_t cls = 0; cls < n; ++cls) {
+      SharedPool& sp = shared_[cls];
+      const std::size_t limit = ScaledLimit(cls, limit_all);
+      std::vector<std::uintptr_t> victims;
+      bool more = false;
+      {
+        std::lock_guard<SpinLock> lock(sp.mu);
+        if (sp.resident.size() - sp.orphans > limit) {
+          const std::size_t excess = sp.resident.size() - limit;
+          const std::size_t k = std::min(excess, budget);
+          more = k < excess;
+          TakeOldestLocked(sp, k, &victims);
+        }
+      }
+      budget -= victims.size();
+      if (!victims.empty()) {
+        deferred_trimmed_stacks_.fetch_add(TrimAndStore(cls, &victims),
+                                           std::memory_order_relaxed);
+      }
+      if (more || (budget == 0 && cls + 1 < n)) {
+        g_trim_pending.store(true, std::memory_order_relaxed);
+        return true;
+      }
+    }
+    return false;
   }
 
   // Takes up to `max` pooled stacks: out[0, got) with the most recently freed
@@ -310,6 +359,9 @@ class Pool {
   std::size_t trimmed_stacks() const {
     return trimmed_stacks_.load(std::memory_order_relaxed);
   }
+  std::size_t deferred_trimmed_stacks() const {
+    return deferred_trimmed_stacks_.load(std::memory_order_relaxed);
+  }
 
  private:
   Pool() {
@@ -363,14 +415,16 @@ class Pool {
     sp.idle_mark = sp.idle_mark > k ? sp.idle_mark - k : 0;
   }
 
-  // Releases the usable pages of `victims` (one madvise per run of adjacent
-  // slots; a run's inner guards are included, which MADV_DONTNEED leaves
-  // intact), then files them as trimmed. Runs without the class lock.
+  // Releases the usable pages of `victims` (one range per run of adjacent
+  // slots, a run's inner guards included, which MADV_DONTNEED leaves
+  // intact; the ranges go to the kernel in batches: DiscardRanges), then
+  // files them as trimmed. Runs without the class lock.
   // Compact slots share pages: a victim whose page-mates are not all in the
   // batch (one is live, or pooled but not taken) keeps its page and goes
   // back to the oldest end of `resident`, counted as idle, so that it is
   // retried with the next batch; a slot filed as trimmed has no page left.
-  void TrimAndStore(std::uint32_t cls, std::vector<std::uintptr_t>* victims) {
+  std::size_t TrimAndStore(std::uint32_t cls,
+                           std::vector<std::uintptr_t>* victims) {
     const ClassInfo& ci = g_class_info[cls];
     std::vector<std::uintptr_t>& v = *victims;
     std::sort(v.begin(), v.end());
@@ -392,17 +446,17 @@ class Pool {
       }
       v.resize(kept);
     }
-    std::size_t calls = 0;
+    std::vector<PageRange> runs;
     for (std::size_t i = 0; i < v.size();) {
       const std::uintptr_t lo = v[i] - ci.usable;
       std::uintptr_t hi = v[i];
       std::size_t j = i + 1;
       // Slots never straddle slabs: a slab's header breaks every run.
       while (j < v.size() && v[j] == hi + ci.stride) hi = v[j++];
-      madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_DONTNEED);
-      ++calls;
+      runs.push_back(PageRange{lo, hi - lo});
       i = j;
     }
+    const std::size_t calls = DiscardRanges(runs.data(), runs.size());
     trim_calls_.fetch_add(calls, std::memory_order_relaxed);
     trimmed_stacks_.fetch_add(v.size(), std::memory_order_relaxed);
     SharedPool& sp = shared_[cls];
@@ -415,6 +469,7 @@ class Pool {
       sp.orphans += orphans.size();
       sp.idle_mark += orphans.size();
     }
+    return v.size();
   }
 
   SharedPool shared_[kMaxSizeClasses];
@@ -425,6 +480,7 @@ class Pool {
   std::atomic<std::size_t> limit_{kDefaultPoolLimit};
   std::atomic<std::size_t> trim_calls_{0};
   std::atomic<std::size_t> trimmed_stacks_{0};
+  std::atomic<std::size_t> deferred_trimmed_stacks_{0};
 };
 
 void FlushCaches(Pool& pool, ThreadState& ts) {
@@ -562,6 +618,27 @@ void FreeSlow(ThreadState& ts, std::uintptr_t top, std::uint32_t cls) {
 
 void TrimIdle(std::size_t keep) { Pool::Get().TrimIdle(keep); }
 
+void SetTrimDeferred(bool defer) {
+  if (defer) {
+    g_trim_deferred.fetch_add(1, std::memory_order_relaxed);
+    return;
+  }
+  const int before = g_trim_deferred.fetch_sub(1, std::memory_order_relaxed);
+  if (before < 1) {
+    StackFatal(
+        "SetStackTrimmingDeferred(false) without a matching "
+        "SetStackTrimmingDeferred(true)");
+  }
+  // The last one out does what was left for it.
+  if (before == 1 && TrimPending()) Pool::Get().TrimExcess(SIZE_MAX);
+}
+
+bool TrimPending() { return g_trim_pending.load(std::memory_order_relaxed); }
+
+bool TrimExcess(std::size_t max_stacks) {
+  return Pool::Get().TrimExcess(max_stacks);
+}
+
 void ReleaseAll(ThreadState& ts) {
   Pool& pool = Pool::Get();
   FlushCaches(pool, ts);
@@ -603,6 +680,7 @@ PoolStats GetPoolStats(bool measure_resident) {
   s.lightweight_guards = slabs.lightweight;
   s.trim_calls = pool.trim_calls();
   s.trimmed_stacks = pool.trimmed_stacks();
+  s.deferred_trimmed_stacks = pool.deferred_trimmed_stacks();
   s.pool_limit = pool.limit();
   if (measure_resident) MeasureResidentBytes(&s.resident_bytes);
   return s;

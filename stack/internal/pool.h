@@ -50,7 +50,9 @@ inline constexpr std::size_t kDefaultIdleKeep = 1024;
 
 // The shared pool trims when it holds more than limit + TrimSlack(limit)
 // resident stacks, releasing the oldest down to `limit`; the slack makes
-// trims rare and each one large (and coalescable).
+// trims rare and each one large (and coalescable). While trimming is
+// deferred (SetStackTrimmingDeferred), the trimmer does it, or the pool
+// itself past limit + 2 * TrimSlack(limit).
 constexpr std::size_t TrimSlack(std::size_t limit) {
   return limit / 2 > kThreadCacheBatch ? limit / 2 : kThreadCacheBatch;
 }
@@ -106,6 +108,9 @@ void PrepareThread(ThreadState& ts);
 // the pages of every stack in every shared pool.
 void ReleaseAll(ThreadState& ts);
 void TrimIdle(std::size_t keep);
+void SetTrimDeferred(bool defer);
+bool TrimPending();
+bool TrimExcess(std::size_t max_stacks);
 
 void SetPoolLimit(std::size_t stacks);
 std::size_t GetPoolLimit();
@@ -126,6 +131,7 @@ struct PoolStats {
   std::size_t guard_bytes = 0;
   std::size_t trim_calls = 0;
   std::size_t trimmed_stacks = 0;
+  std::size_t deferred_trimmed_stacks = 0;
   std::size_t pool_limit = 0;
   bool lightweight_guards = false;
 };

@@ -48,6 +48,17 @@ SlabDescriptor g_slabs[kMaxSlabs];  // guarded by g_slab_mu until published
 std::atomic<std::size_t> g_slab_count{0};
 
 std::atomic<bool> g_force_mprotect{false};
+
+// Whether process_madvise takes each advice for our own process (Linux
+// >= 6.13 takes any; older kernels refuse all of ours with EINVAL). Cleared
+// at the first refusal, per advice, so that one refused advice does not
+// stop the others being batched.
+std::atomic<bool> g_batch_guard_ok{true};
+std::atomic<bool> g_batch_populate_ok{true};
+std::atomic<bool> g_batch_discard_ok{true};
+// Whether the kernel knows MADV_POPULATE_WRITE (Linux >= 5.14).
+std::atomic<bool> g_populate_ok{true};
+
 std::atomic<std::size_t> g_forced_budget{0};  // 0: from vm.max_map_count
 std::atomic<bool> g_guards_initialized{false};
 GuardMode g_guard_mode = GuardMode::kLightweight;
@@ -121,6 +132,10 @@ void ForceFallbackGuardsForTesting() {
         "initialized");
   }
   g_force_mprotect.store(true, std::memory_order_release);
+  // Such a kernel (< 6.13) also refuses process_madvise for our advice.
+  g_batch_guard_ok.store(false, std::memory_order_relaxed);
+  g_batch_populate_ok.store(false, std::memory_order_relaxed);
+  g_batch_discard_ok.store(false, std::memory_order_relaxed);
 }
 
 void SetGuardBudgetForTesting(std::size_t stacks) {
@@ -240,27 +255,27 @@ int SelfPidfd() {
   return g_self_pidfd;
 }
 
-std::atomic<bool> g_batch_advice_ok{true};
-std::atomic<bool> g_populate_ok{true};
-
 // Applies `advice` to n ranges in batches of up to 512. Returns how many
 // leading ranges are known to be done: n, or fewer if the kernel refused
-// process_madvise (then it is not tried again) or stopped partway (it
-// returns the bytes it advised; ENOMEM under memory pressure, say). The
-// caller handles the rest one range at a time.
-std::size_t BatchAdvise(const iovec* iov, std::size_t n, int advice) {
-  if (!g_batch_advice_ok.load(std::memory_order_relaxed)) return 0;
+// process_madvise (then *ok is cleared and it is not tried again for this
+// advice) or stopped partway (it returns the bytes it advised; ENOMEM under
+// memory pressure, say). The caller handles the rest one range at a time.
+// Adds the system calls it made to *calls if that is not null.
+std::size_t BatchAdvise(const iovec* iov, std::size_t n, int advice,
+                        std::atomic<bool>* ok, std::size_t* calls = nullptr) {
+  if (!ok->load(std::memory_order_relaxed)) return 0;
   const int fd = SelfPidfd();
   if (fd < 0) {
-    g_batch_advice_ok.store(false, std::memory_order_relaxed);
+    ok->store(false, std::memory_order_relaxed);
     return 0;
   }
   for (std::size_t i = 0; i < n;) {
     const std::size_t k = n - i < 512 ? n - i : 512;
     const long r = syscall(SYS_process_madvise, fd, iov + i, k, advice, 0);
+    if (calls != nullptr) ++*calls;
     if (r < 0) {
       if (errno == EAGAIN || errno == EINTR) continue;
-      if (i == 0) g_batch_advice_ok.store(false, std::memory_order_relaxed);
+      if (i == 0) ok->store(false, std::memory_order_relaxed);
       return i;
     }
     // Count the ranges the returned byte count covers in full.
@@ -282,7 +297,7 @@ std::size_t BatchAdvise(const iovec* iov, std::size_t n, int advice) {
 // costs a fault of its own, tens of microseconds. One buffer per thread
 // stays mapped for the kernel after its first use. Safe as a thread_local:
 // nothing between filling it and the system call switches fibers.
-constexpr std::size_t kIovBatch = 64;  // iovecs per process_madvise call
+constexpr std::size_t kIovBatch = 256;  // iovecs per process_madvise call
 iovec* IovBuffer() {
   thread_local iovec buffer[kIovBatch];
   return buffer;
@@ -301,7 +316,8 @@ void InstallGuards(const std::uintptr_t* starts, std::size_t n, std::size_t len,
         iov[i].iov_base = reinterpret_cast<void*>(starts[done + i]);
         iov[i].iov_len = len;
       }
-      const std::size_t got = BatchAdvise(iov, k, MADV_GUARD_INSTALL);
+      const std::size_t got =
+          BatchAdvise(iov, k, MADV_GUARD_INSTALL, &g_batch_guard_ok);
       for (std::size_t i = 0; i < got; ++i) {
         kinds[done + i] = GuardKind::kLightweight;
       }
@@ -324,8 +340,9 @@ void PrefaultTops(const std::uintptr_t* tops, std::size_t n,
       iov[i].iov_base = reinterpret_cast<void*>(tops[done + i] - bytes);
       iov[i].iov_len = bytes;
     }
-    for (std::size_t i = BatchAdvise(iov, k, MADV_POPULATE_WRITE); i < k;
-         ++i) {
+    for (std::size_t i =
+             BatchAdvise(iov, k, MADV_POPULATE_WRITE, &g_batch_populate_ok);
+         i < k; ++i) {
       if (madvise(iov[i].iov_base, bytes, MADV_POPULATE_WRITE) != 0 &&
           errno == EINVAL) {
         g_populate_ok.store(false, std::memory_order_relaxed);  // < 5.14
@@ -334,6 +351,26 @@ void PrefaultTops(const std::uintptr_t* tops, std::size_t n,
     }
     done += k;
   }
+}
+
+std::size_t DiscardRanges(const PageRange* ranges, std::size_t n) {
+  std::size_t calls = 0;
+  iovec* const iov = IovBuffer();
+  for (std::size_t done = 0; done < n;) {
+    const std::size_t k = std::min(n - done, kIovBatch);
+    for (std::size_t i = 0; i < k; ++i) {
+      iov[i].iov_base = reinterpret_cast<void*>(ranges[done + i].start);
+      iov[i].iov_len = ranges[done + i].len;
+    }
+    for (std::size_t i =
+             BatchAdvise(iov, k, MADV_DONTNEED, &g_batch_discard_ok, &calls);
+         i < k; ++i) {
+      madvise(iov[i].iov_base, iov[i].iov_len, MADV_DONTNEED);
+      ++calls;
+    }
+    done += k;
+  }
+  return calls;
 }
 
 bool FindGuardFault(std::uintptr_t address, GuardFault* fault) {

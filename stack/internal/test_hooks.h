@@ -10,7 +10,9 @@
 namespace gort::stack_internal {
 
 // Makes the pool use mprotect(PROT_NONE) guards (the fallback for kernels
-// without MADV_GUARD_INSTALL) as if the kernel lacked lightweight guards.
+// without MADV_GUARD_INSTALL) as if the kernel lacked lightweight guards,
+// and advise one range per madvise call, as such a kernel (< 6.13) refuses
+// process_madvise on our own memory for every advice the pool uses.
 // Must be called before the first Stack::Allocate() or
 // PrepareThreadForStacks() in the process (e.g. from a static initializer of
 // the test binary); fatal otherwise.
