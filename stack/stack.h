@@ -113,8 +113,8 @@ struct StackStats {
   std::size_t mprotect_guarded = 0;  // stacks guarded by mprotect (fallback)
   std::size_t guard_budget = 0;      // mprotect guards allowed (fallback)
   std::size_t guard_bytes = 0;       // guard size below each stack
-  // System calls that gave pages back (madvise, or process_madvise with a
-  // batch of ranges: see docs/stack.md) so far.
+  // System calls made to give pages back (madvise, or process_madvise with
+  // a batch of ranges: see docs/stack.md) so far.
   std::size_t trim_calls = 0;
   std::size_t trimmed_stacks = 0;  // stacks whose pages were given back
   // Of trimmed_stacks, those TrimExcessStacks() trimmed: past the high-water
@@ -280,7 +280,9 @@ void TrimIdleStacks(std::size_t keep = 1024);
 // calls TrimExcessStacks(). A pool that grows past twice its slack before
 // then trims on the spot anyway, so memory stays bounded. Calls nest: each
 // true needs its false, and the last false trims whatever is still pending
-// on the calling thread. A false without a true is a fatal error.
+// on the calling thread. A false without a true is a fatal error. A child
+// forked while trimming is deferred stays deferred, with no trimmer: its
+// pools trim only past twice their slack.
 void SetStackTrimmingDeferred(bool defer);
 
 // True if a shared pool went past its high-water mark while trimming was
@@ -288,9 +290,11 @@ void SetStackTrimmingDeferred(bool defer);
 bool StackTrimmingPending();
 
 // Trims every shared pool holding more than its limit down to it, at most
-// `max_stacks` stacks in all (the oldest first), and clears
+// `max_stacks` stacks in all (the least recently freed first; compact stacks
+// kept for a page-mate still in use do not count and stay), and clears
 // StackTrimmingPending(). Returns true, and raises StackTrimmingPending()
-// again, if some remain: call it again soon. Any thread.
+// again, if a pool is still over its limit: call it again soon. With
+// max_stacks 0 it only tells. Any thread.
 bool TrimExcessStacks(std::size_t max_stacks = SIZE_MAX);
 
 // Makes the calling thread ready to run code on these stacks: installs the

@@ -447,6 +447,8 @@ TEST(StackTest, TheTrimmerTrimsAsMuchAsItIsToldAndSaysWhatRemains) {
   const std::size_t shared = SharedResident();
   ASSERT_GT(shared, 96u);
   const std::size_t trimmed_before = GetStackStats(false).trimmed_stacks;
+  EXPECT_TRUE(TrimExcessStacks(0));  // only tells
+  EXPECT_EQ(SharedResident(), shared);
   EXPECT_TRUE(TrimExcessStacks(10));
   EXPECT_EQ(GetStackStats(false).trimmed_stacks - trimmed_before, 10u);
   EXPECT_EQ(SharedResident(), shared - 10);
@@ -454,6 +456,7 @@ TEST(StackTest, TheTrimmerTrimsAsMuchAsItIsToldAndSaysWhatRemains) {
   EXPECT_FALSE(TrimExcessStacks(1000));
   EXPECT_FALSE(StackTrimmingPending());
   EXPECT_EQ(SharedResident(), kDeferLimit);
+  EXPECT_FALSE(TrimExcessStacks(0));
 }
 
 TEST(StackTest, APoolFarPastTheMarkTrimsOnTheSpotEvenWhileDeferred) {
@@ -491,6 +494,49 @@ TEST(StackTest, DeferringNestsAndTheLastToStopTrimsWhatIsPending) {
   FreeTouchedStacks(140);
   EXPECT_FALSE(StackTrimmingPending());
   EXPECT_LE(SharedResident(), 96u + stack_internal::kThreadCacheBatch);
+}
+
+// Compact stacks whose page-mate is still in use cannot be trimmed; a
+// deferred trimmer with a small budget must still get the pool back under
+// its limit rather than retry them round after round.
+TEST(StackTest, TheTrimmerMakesProgressPastCompactStacksKeptForTheirMates) {
+  if (kCompactStackSize * 2 != Page()) {
+    GTEST_SKIP() << "written for two compact stacks to a page";
+  }
+  StartWithAnEmptyPool();
+  ScopedPoolLimit limit(16);  // compact: 32 kept, trims past 48, 64 at once
+  // Pages both of whose slots we hold: keep the lower, free the upper.
+  std::vector<Stack> all;
+  for (int i = 0; i < 600; ++i) all.push_back(Stack::AllocateCompact());
+  std::sort(all.begin(), all.end(),
+            [](const Stack& a, const Stack& b) { return a.top() < b.top(); });
+  std::vector<Stack> kept, uppers;
+  for (std::size_t i = 0; i + 1 < all.size() && uppers.size() < 81; ++i) {
+    if (Addr(all[i].top()) == Addr(all[i + 1].base()) &&
+        Addr(all[i].base()) % Page() == 0) {
+      kept.push_back(std::move(all[i]));
+      uppers.push_back(std::move(all[i + 1]));
+      ++i;
+    }
+  }
+  ASSERT_EQ(uppers.size(), 81u);
+  all.clear();
+  ReleaseStackCache();
+  TrimExcessStacks();
+  const StackStats before = GetStackStats(false);
+  {
+    ScopedTrimmingDeferred deferred;
+    uppers.clear();  // 64 reach the shared pool: past 48, not past 64
+    ASSERT_TRUE(StackTrimmingPending());
+    int rounds = 0;
+    while (rounds < 1000 && TrimExcessStacks(4)) ++rounds;
+    EXPECT_LT(rounds, 1000) << "the trimmer kept retrying kept stacks";
+    EXPECT_FALSE(StackTrimmingPending());
+    // Nothing could be given back: every page is half in use.
+    EXPECT_EQ(GetStackStats(false).trimmed_stacks, before.trimmed_stacks);
+  }
+  kept.clear();
+  ReleaseStackCache();
 }
 
 TEST(StackDeathTest, StoppingADeferralNeverStartedIsFatal) {

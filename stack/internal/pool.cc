@@ -196,24 +196,29 @@ class Pool {
     if (!victims.empty()) TrimAndStore(cls, &victims);
   }
 
-  // Trims every class whose shared pool holds more than its limit down to
-  // it, at most `budget` stacks in all. Returns true if some remain.
+  // Trims every class whose shared pool holds more than its limit (not
+  // counting the compact slots kept for their page-mates) down to it, at
+  // most `budget` stacks in all, the oldest counted ones first. Returns
+  // true, and raises g_trim_pending, if some class is still over.
   bool TrimExcess(std::size_t budget) {
     g_trim_pending.store(false, std::memory_order_relaxed);
     const std::size_t limit_all = limit_.load(std::memory_order_relaxed);
     const std::uint32_t n = ClassCount();
+    bool more = false;
     for (std::uint32_t cls = 0; cls < n; ++cls) {
       SharedPool& sp = shared_[cls];
       const std::size_t limit = ScaledLimit(cls, limit_all);
       std::vector<std::uintptr_t> victims;
-      bool more = false;
       {
         std::lock_guard<SpinLock> lock(sp.mu);
-        if (sp.resident.size() - sp.orphans > limit) {
-          const std::size_t excess = sp.resident.size() - limit;
-          const std::size_t k = std::min(excess, budget);
-          more = k < excess;
-          TakeOldestLocked(sp, k, &victims);
+        const std::size_t counted = sp.resident.size() - sp.orphans;
+        if (counted > limit) {
+          const std::size_t k = std::min(counted - limit, budget);
+          if (k < counted - limit) more = true;
+          // Past the orphans: taking them would only put them back (their
+          // page-mates are still out), and a budget they filled would
+          // trim nothing, round after round.
+          TakeOldestCountedLocked(sp, k, &victims);
         }
       }
       budget -= victims.size();
@@ -221,12 +226,9 @@ class Pool {
         deferred_trimmed_stacks_.fetch_add(TrimAndStore(cls, &victims),
                                            std::memory_order_relaxed);
       }
-      if (more || (budget == 0 && cls + 1 < n)) {
-        g_trim_pending.store(true, std::memory_order_relaxed);
-        return true;
-      }
     }
-    return false;
+    if (more) g_trim_pending.store(true, std::memory_order_relaxed);
+    return more;
   }
 
   // Takes up to `max` pooled stacks: out[0, got) with the most recently freed
@@ -405,6 +407,18 @@ class Pool {
     // ClassForSize().
     g_class_count.store(n + 1, std::memory_order_release);
     return n;
+  }
+
+  // Takes resident[orphans, orphans + k): the k least recently freed slots
+  // that are not kept for a page-mate.
+  static void TakeOldestCountedLocked(SharedPool& sp, std::size_t k,
+                                      std::vector<std::uintptr_t>* victims) {
+    const auto first = sp.resident.begin() + sp.orphans;
+    victims->assign(first, first + k);
+    sp.resident.erase(first, first + k);
+    if (sp.idle_mark > sp.orphans) {
+      sp.idle_mark -= std::min(k, sp.idle_mark - sp.orphans);
+    }
   }
 
   static void TakeOldestLocked(SharedPool& sp, std::size_t k,
@@ -629,8 +643,9 @@ void SetTrimDeferred(bool defer) {
         "SetStackTrimmingDeferred(false) without a matching "
         "SetStackTrimmingDeferred(true)");
   }
-  // The last one out does what was left for it.
-  if (before == 1 && TrimPending()) Pool::Get().TrimExcess(SIZE_MAX);
+  // The last one out does what was left for it, flag or no flag: a Release()
+  // that saw the deferral may raise the flag just after we look at it.
+  if (before == 1) Pool::Get().TrimExcess(SIZE_MAX);
 }
 
 bool TrimPending() { return g_trim_pending.load(std::memory_order_relaxed); }

@@ -257,9 +257,11 @@ int SelfPidfd() {
 
 // Applies `advice` to n ranges in batches of up to 512. Returns how many
 // leading ranges are known to be done: n, or fewer if the kernel refused
-// process_madvise (then *ok is cleared and it is not tried again for this
-// advice) or stopped partway (it returns the bytes it advised; ENOMEM under
-// memory pressure, say). The caller handles the rest one range at a time.
+// process_madvise (EINVAL before Linux 6.13, EPERM or ENOSYS under a
+// seccomp filter: then *ok is cleared and it is not tried again for this
+// advice) or failed otherwise (ENOMEM under memory pressure, say). The
+// caller handles the rest one range at a time. A short count (the kernel
+// takes at most about 2 GiB of ranges per call) just goes on from there.
 // Adds the system calls it made to *calls if that is not null.
 std::size_t BatchAdvise(const iovec* iov, std::size_t n, int advice,
                         std::atomic<bool>* ok, std::size_t* calls = nullptr) {
@@ -269,13 +271,16 @@ std::size_t BatchAdvise(const iovec* iov, std::size_t n, int advice,
     ok->store(false, std::memory_order_relaxed);
     return 0;
   }
+  int retries = 0;
   for (std::size_t i = 0; i < n;) {
     const std::size_t k = n - i < 512 ? n - i : 512;
     const long r = syscall(SYS_process_madvise, fd, iov + i, k, advice, 0);
     if (calls != nullptr) ++*calls;
     if (r < 0) {
-      if (errno == EAGAIN || errno == EINTR) continue;
-      if (i == 0) ok->store(false, std::memory_order_relaxed);
+      if ((errno == EAGAIN || errno == EINTR) && ++retries < 100) continue;
+      if (errno == EINVAL || errno == EPERM || errno == ENOSYS) {
+        ok->store(false, std::memory_order_relaxed);
+      }
       return i;
     }
     // Count the ranges the returned byte count covers in full.
@@ -285,8 +290,8 @@ std::size_t BatchAdvise(const iovec* iov, std::size_t n, int advice,
       bytes -= iov[i + full].iov_len;
       ++full;
     }
+    if (full == 0) return i;  // not even one: leave the rest to madvise
     i += full;
-    if (full < k) return i;
   }
   return n;
 }
