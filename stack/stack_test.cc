@@ -296,6 +296,81 @@ TEST(StackTest, TrimIdleStacksReleasesOnlyStacksIdleForAPeriod) {
   ReleaseStackCache();
 }
 
+// A period's idle stacks can be trimmed in slices: the period goes on
+// until the last slice, and only then does a new one start.
+TEST(StackTest, TrimIdleStacksGoesInSlicesWithinOnePeriod) {
+  ReleaseStackCache();
+  TrimExcessStacks();
+  {
+    std::vector<Stack> stacks;
+    for (int i = 0; i < 200; ++i) {
+      stacks.push_back(Stack::Allocate());
+      static_cast<char*>(stacks.back().top())[-1] = 1;
+    }
+  }
+  ReleaseStackCache();  // (trims them: the next 200 come back trimmed)
+  {
+    std::vector<Stack> stacks;
+    for (int i = 0; i < 200; ++i) {
+      stacks.push_back(Stack::Allocate());
+      static_cast<char*>(stacks.back().top())[-1] = 1;
+    }
+  }
+  const auto shared = [] {
+    const StackStats s = GetStackStats(false);
+    return s.pooled_resident - s.thread_cached;
+  };
+  const std::size_t resident = shared();
+  ASSERT_GT(resident, 16u + 3 * 10u);
+  EXPECT_FALSE(TrimIdleStacks(16, 10));  // starts the period
+  EXPECT_EQ(shared(), resident);
+  std::size_t expected = resident;
+  while (expected - 10 > 16) {
+    EXPECT_TRUE(TrimIdleStacks(16, 10));  // more of the same period
+    expected -= 10;
+    ASSERT_EQ(shared(), expected);
+  }
+  EXPECT_FALSE(TrimIdleStacks(16, 10));  // the last slice; a new period
+  EXPECT_EQ(shared(), 16u);
+  // The 16 kept were pooled when the new period started: idle for it now.
+  EXPECT_FALSE(TrimIdleStacks(0, 100));
+  EXPECT_EQ(shared(), 0u);
+  ReleaseStackCache();
+}
+
+// Compact stacks kept for a page-mate in use do not stall the slices.
+TEST(StackTest, TrimIdleSlicesMakeProgressPastCompactStacksKeptForTheirMates) {
+  if (kCompactStackSize * 2 != Page()) {
+    GTEST_SKIP() << "written for two compact stacks to a page";
+  }
+  ReleaseStackCache();
+  std::vector<Stack> all;
+  for (int i = 0; i < 600; ++i) all.push_back(Stack::AllocateCompact());
+  std::sort(all.begin(), all.end(),
+            [](const Stack& a, const Stack& b) { return a.top() < b.top(); });
+  std::vector<Stack> kept, uppers;
+  for (std::size_t i = 0; i + 1 < all.size() && uppers.size() < 100; ++i) {
+    if (Addr(all[i].top()) == Addr(all[i + 1].base()) &&
+        Addr(all[i].base()) % Page() == 0) {
+      kept.push_back(std::move(all[i]));
+      uppers.push_back(std::move(all[i + 1]));
+      ++i;
+    }
+  }
+  ASSERT_EQ(uppers.size(), 100u);
+  all.clear();
+  ReleaseStackCache();
+  uppers.clear();
+  ReleaseStackCache();  // every upper half is kept now, for its mate
+  for (int period = 0; period < 3; ++period) {
+    int rounds = 0;
+    while (rounds < 1000 && TrimIdleStacks(0, 4)) ++rounds;
+    EXPECT_LT(rounds, 1000) << "the slices kept retrying kept stacks";
+  }
+  kept.clear();
+  ReleaseStackCache();
+}
+
 std::size_t StacksWithResidentPages(
     const std::vector<std::pair<void*, std::size_t>>& v) {
   std::size_t n = 0;
