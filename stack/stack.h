@@ -267,13 +267,7 @@ std::size_t GetStackPoolLimit();
 // that a burst of fibers reuses warm stacks while it lasts and RSS shrinks
 // within about two periods after it: Go's scavenger, with a period. Any
 // thread; takes each class's pool lock briefly.
-//
-// At most `max_stacks` are trimmed per call (about 0.5-0.8 us each on this
-// project's VM, 2026-11-28): a caller with other work to do, like the
-// monitor, trims a long-idle burst in slices. It returns true while stacks
-// idle for the period remain; the period then goes on, and the next call
-// trims more of them instead of starting a new one.
-bool TrimIdleStacks(std::size_t keep = 1024, std::size_t max_stacks = SIZE_MAX);
+void TrimIdleStacks(std::size_t keep = 1024);
 
 // Trimming past the high-water mark runs, by default, on the thread whose
 // Release() takes a shared pool past it, in the middle of whatever that
@@ -285,14 +279,16 @@ bool TrimIdleStacks(std::size_t keep = 1024, std::size_t max_stacks = SIZE_MAX);
 // Release() only raises StackTrimmingPending(), and the runtime's thread
 // calls TrimExcessStacks(). A pool that grows past twice its slack before
 // then trims on the spot anyway, so memory stays bounded. Calls nest: each
-// true needs its false, and the last false trims whatever is still pending
+// true needs its false, and the last false trims every pool over its limit,
 // on the calling thread. A false without a true is a fatal error. A child
 // forked while trimming is deferred stays deferred, with no trimmer: its
 // pools trim only past twice their slack.
 void SetStackTrimmingDeferred(bool defer);
 
 // True if a shared pool went past its high-water mark while trimming was
-// deferred and TrimExcessStacks() has not run since. A relaxed load.
+// deferred and TrimExcessStacks() has not run since. A relaxed load; it may
+// be up with nothing to do (a Release() that saw the deferral just before
+// the last SetStackTrimmingDeferred(false) can raise it after).
 bool StackTrimmingPending();
 
 // Trims every shared pool holding more than its limit down to it, at most

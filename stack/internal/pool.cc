@@ -327,15 +327,12 @@ class Pool {
   }
 
   // Releases the pages of resident stacks that stayed pooled since the
-  // previous period started (the oldest first), keeping at least `keep` per
-  // class, at most `budget` of them in all; a class that is done starts a
-  // new period. Go's scavenger, done with a period instead of a heap goal:
-  // a burst keeps its stacks warm while it lasts, and RSS falls back within
-  // two periods after it ends. Returns true if a class is not done: its
-  // period goes on until a later call finishes it.
-  bool TrimIdle(std::size_t keep, std::size_t budget) {
+  // previous call (the oldest first), keeping at least `keep` per class, and
+  // starts a new period. Go's scavenger, done with a period instead of a
+  // heap goal: a burst keeps its stacks warm while it lasts, and RSS falls
+  // back within two periods after it ends.
+  void TrimIdle(std::size_t keep) {
     const std::uint32_t n = ClassCount();
-    bool more = false;
     for (std::uint32_t cls = 0; cls < n; ++cls) {
       SharedPool& sp = shared_[cls];
       std::vector<std::uintptr_t> victims;
@@ -346,23 +343,11 @@ class Pool {
         const std::size_t k_keep = ScaledLimit(cls, keep);
         const std::size_t excess = size > k_keep ? size - k_keep : 0;
         const std::size_t k = std::min(idle, excess);
-        // The slots kept for their page-mates (counted idle, at the front)
-        // are retried last, all at once: a budget they filled would retry
-        // the same ones round after round and trim nothing.
-        const std::size_t orphans = std::min(sp.orphans, k);
-        const std::size_t counted = std::min(k - orphans, budget);
-        TakeOldestCountedLocked(sp, counted, &victims);
-        if (counted < k - orphans) {
-          more = true;  // the rest of this period's idle stacks: next call
-        } else {
-          TakeOldestLocked(sp, orphans, &victims);
-          sp.idle_mark = sp.resident.size();
-        }
+        if (k > 0) TakeOldestLocked(sp, k, &victims);
+        sp.idle_mark = sp.resident.size();
       }
-      budget -= std::min(budget, victims.size());
       if (!victims.empty()) TrimAndStore(cls, &victims);
     }
-    return more;
   }
 
   void SetLimit(std::size_t stacks) {
@@ -424,23 +409,21 @@ class Pool {
     return n;
   }
 
-  // Appends resident[orphans, orphans + k) to *victims: the k least
-  // recently freed slots that are not kept for a page-mate.
+  // Takes resident[orphans, orphans + k): the k least recently freed slots
+  // that are not kept for a page-mate.
   static void TakeOldestCountedLocked(SharedPool& sp, std::size_t k,
                                       std::vector<std::uintptr_t>* victims) {
     const auto first = sp.resident.begin() + sp.orphans;
-    victims->insert(victims->end(), first, first + k);
+    victims->assign(first, first + k);
     sp.resident.erase(first, first + k);
     if (sp.idle_mark > sp.orphans) {
       sp.idle_mark -= std::min(k, sp.idle_mark - sp.orphans);
     }
   }
 
-  // Appends resident[0, k) to *victims: the k least recently freed slots.
   static void TakeOldestLocked(SharedPool& sp, std::size_t k,
                                std::vector<std::uintptr_t>* victims) {
-    victims->insert(victims->end(), sp.resident.begin(),
-                    sp.resident.begin() + k);
+    victims->assign(sp.resident.begin(), sp.resident.begin() + k);
     sp.resident.erase(sp.resident.begin(), sp.resident.begin() + k);
     sp.orphans = sp.orphans > k ? sp.orphans - k : 0;
     sp.idle_mark = sp.idle_mark > k ? sp.idle_mark - k : 0;
@@ -647,9 +630,7 @@ void FreeSlow(ThreadState& ts, std::uintptr_t top, std::uint32_t cls) {
   pool.PutBatch(cls, &top, 1);
 }
 
-bool TrimIdle(std::size_t keep, std::size_t max_stacks) {
-  return Pool::Get().TrimIdle(keep, max_stacks);
-}
+void TrimIdle(std::size_t keep) { Pool::Get().TrimIdle(keep); }
 
 void SetTrimDeferred(bool defer) {
   if (defer) {

@@ -278,7 +278,9 @@ std::size_t BatchAdvise(const iovec* iov, std::size_t n, int advice,
     if (calls != nullptr) ++*calls;
     if (r < 0) {
       if ((errno == EAGAIN || errno == EINTR) && ++retries < 100) continue;
-      if (errno == EINVAL || errno == EPERM || errno == ENOSYS) {
+      // A refusal of the first call is the kernel's (or a filter's); a
+      // later EINVAL may be one range's (an mlock'ed one, say).
+      if (i == 0 && (errno == EINVAL || errno == EPERM || errno == ENOSYS)) {
         ok->store(false, std::memory_order_relaxed);
       }
       return i;
