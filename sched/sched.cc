@@ -59,9 +59,10 @@ constexpr int kRunnextCap = 3;
 constexpr int kGFreeBatch = 32;  // Gs per free-list magazine
 constexpr std::int64_t kLongRunningNs = 10'000'000;
 constexpr std::int64_t kSyscallRetakeNs = 20'000;
-// Stacks the monitor trims per round when a stack pool is past its
-// high-water mark: 1.3-2.7 ms of madvise on this project's VM (2026-11-28),
-// which the rest of the round (P retakes, overdue timers) waits for.
+// Stacks the monitor trims per round, past a pool's high-water mark or idle
+// for a whole period: 1.3-2.7 ms of madvise on this project's VM
+// (2026-11-28), which the rest of the round (P retakes, overdue timers)
+// waits for.
 constexpr std::size_t kTrimChunkStacks = 2048;
 
 struct M;
@@ -1740,6 +1741,7 @@ void SysmonLoop() {
   std::int64_t next_trace = trace_ns > 0 ? MonoNow() + trace_ns : kNoDeadline;
   const std::int64_t start = MonoNow();
   std::int64_t next_stack_trim = start + 1'000'000'000;
+  bool idle_trim_unfinished = false;
   while (!g_sched->stopping.load(std::memory_order_acquire)) {
     bool long_sleep = delay_ns >= 1'000'000;
     g_sched->sysmon_idle_sleep.store(long_sleep, std::memory_order_release);
@@ -1823,9 +1825,15 @@ void SysmonLoop() {
     }
     // Give back the pages of stacks pooled and unused for a whole second
     // (Go's scavenger): bursts reuse warm stacks, idle RSS still shrinks.
-    if (now >= next_stack_trim) {
-      TrimIdleStacks();
-      next_stack_trim = now + 1'000'000'000;
+    // A long-idle burst is trimmed in slices, one per round (the next period
+    // begins after the last slice).
+    if (now >= next_stack_trim || idle_trim_unfinished) {
+      idle_trim_unfinished = TrimIdleStacks(1024, kTrimChunkStacks);
+      if (idle_trim_unfinished) {
+        acted = true;
+      } else {
+        next_stack_trim = now + 1'000'000'000;
+      }
     }
     // And those past the pool's high-water mark, which Start left to us,
     // a chunk per round: the rest of the round (P retakes, overdue timers)

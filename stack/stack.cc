@@ -98,7 +98,9 @@ void SetStackPoolLimit(std::size_t stacks) {
 
 std::size_t GetStackPoolLimit() { return stack_internal::GetPoolLimit(); }
 
-void TrimIdleStacks(std::size_t keep) { stack_internal::TrimIdle(keep); }
+bool TrimIdleStacks(std::size_t keep, std::size_t max_stacks) {
+  return stack_internal::TrimIdle(keep, max_stacks);
+}
 
 void SetStackTrimmingDeferred(bool defer) {
   stack_internal::SetTrimDeferred(defer);

@@ -296,6 +296,134 @@ TEST(StackTest, TrimIdleStacksReleasesOnlyStacksIdleForAPeriod) {
   ReleaseStackCache();
 }
 
+// A period's idle stacks can be trimmed in slices: the sweep goes on until
+// the last slice; the next period began with the sweep.
+TEST(StackTest, TrimIdleStacksGoesInSlicesWithinOnePeriod) {
+  ReleaseStackCache();
+  TrimExcessStacks();
+  {
+    std::vector<Stack> stacks;
+    for (int i = 0; i < 200; ++i) {
+      stacks.push_back(Stack::Allocate());
+      static_cast<char*>(stacks.back().top())[-1] = 1;
+    }
+  }
+  ReleaseStackCache();  // (trims them: the next 200 come back trimmed)
+  {
+    std::vector<Stack> stacks;
+    for (int i = 0; i < 200; ++i) {
+      stacks.push_back(Stack::Allocate());
+      static_cast<char*>(stacks.back().top())[-1] = 1;
+    }
+  }
+  const auto shared = [] {
+    const StackStats s = GetStackStats(false);
+    return s.pooled_resident - s.thread_cached;
+  };
+  const std::size_t resident = shared();
+  ASSERT_GT(resident, 16u + 3 * 10u);
+  EXPECT_FALSE(TrimIdleStacks(16, 10));  // a sweep with nothing idle yet
+  EXPECT_EQ(shared(), resident);
+  std::size_t expected = resident;
+  while (expected - 10 > 16) {
+    EXPECT_TRUE(TrimIdleStacks(16, 10));  // more of the same period
+    expected -= 10;
+    ASSERT_EQ(shared(), expected);
+  }
+  EXPECT_FALSE(TrimIdleStacks(16, 10));  // the last slice
+  EXPECT_EQ(shared(), 16u);
+  // The 16 kept were pooled when this sweep began: idle for the next one.
+  EXPECT_FALSE(TrimIdleStacks(0, 100));
+  EXPECT_EQ(shared(), 0u);
+  ReleaseStackCache();
+}
+
+// Compact stacks kept for a page-mate in use do not stall the slices.
+TEST(StackTest, TrimIdleSlicesMakeProgressPastCompactStacksKeptForTheirMates) {
+  if (kCompactStackSize * 2 != Page()) {
+    GTEST_SKIP() << "written for two compact stacks to a page";
+  }
+  ReleaseStackCache();
+  std::vector<Stack> all;
+  for (int i = 0; i < 600; ++i) all.push_back(Stack::AllocateCompact());
+  std::sort(all.begin(), all.end(),
+            [](const Stack& a, const Stack& b) { return a.top() < b.top(); });
+  std::vector<Stack> kept, uppers;
+  for (std::size_t i = 0; i + 1 < all.size() && uppers.size() < 100; ++i) {
+    if (Addr(all[i].top()) == Addr(all[i + 1].base()) &&
+        Addr(all[i].base()) % Page() == 0) {
+      kept.push_back(std::move(all[i]));
+      uppers.push_back(std::move(all[i + 1]));
+      ++i;
+    }
+  }
+  ASSERT_EQ(uppers.size(), 100u);
+  all.clear();
+  ReleaseStackCache();
+  uppers.clear();
+  ReleaseStackCache();  // every upper half is kept now, for its mate
+  for (int period = 0; period < 3; ++period) {
+    int rounds = 0;
+    while (rounds < 1000 && TrimIdleStacks(0, 4)) ++rounds;
+    EXPECT_LT(rounds, 1000) << "the slices kept retrying kept stacks";
+  }
+  // With their mates back in the pool, the pages come back within a few
+  // sweeps (a kept slot is retried with its mate once both are orphans).
+  std::vector<std::pair<void*, std::size_t>> pages;
+  for (const Stack& k : kept) pages.emplace_back(k.base(), Page());
+  // Freed on a thread that exits: its cache goes to the shared pool whole.
+  std::thread([kept = std::move(kept)]() mutable { kept.clear(); }).join();
+  for (int period = 0; period < 6; ++period) {
+    int rounds = 0;
+    while (rounds < 1000 && TrimIdleStacks(0, 4)) ++rounds;
+    ASSERT_LT(rounds, 1000);
+  }
+  std::size_t resident = 0;
+  for (const auto& [base, size] : pages) resident += ResidentPages(base, size);
+  EXPECT_EQ(resident, 0u);
+  ReleaseStackCache();
+}
+
+std::size_t StacksWithResidentPages(
+    const std::vector<std::pair<void*, std::size_t>>& v);
+
+// One period for every size class: a class whose idle stacks were all
+// trimmed in the first slice keeps the stacks pooled after the sweep began
+// while the slices go on with another class.
+TEST(StackTest, ASweepIsOnePeriodForEveryClass) {
+  ReleaseStackCache();
+  TrimExcessStacks();
+  constexpr std::size_t kOtherSize = 72 * 1024;  // a class of its own
+  const auto make = [](std::size_t n, std::size_t size) {
+    std::vector<Stack> v;
+    for (std::size_t i = 0; i < n; ++i) {
+      v.push_back(Stack::Allocate(size));
+      static_cast<char*>(v.back().top())[-1] = 1;
+    }
+    return v;
+  };
+  make(80, kDefaultStackSize);  // freed at once: most reach the shared pool
+  make(250, kOtherSize);
+  EXPECT_FALSE(TrimIdleStacks(16));  // a sweep with nothing idle yet
+  // The next sweep: the default class comes first and is done within the
+  // first slice; the other class goes on.
+  ASSERT_TRUE(TrimIdleStacks(16, 40));
+  // Default stacks pooled after the sweep began: freed on a thread that
+  // exits, so that they all reach the shared pool.
+  std::vector<std::pair<void*, std::size_t>> late;
+  std::thread([&] {
+    std::vector<Stack> v = make(40, kDefaultStackSize);
+    for (const Stack& st : v) late.emplace_back(st.base(), st.size());
+  }).join();
+  int rounds = 0;
+  while (rounds < 1000 && TrimIdleStacks(16, 40)) ++rounds;
+  ASSERT_LT(rounds, 1000);
+  ASSERT_GT(rounds, 0);
+  // Not idle for the period that sweep trimmed: every one still resident.
+  EXPECT_EQ(StacksWithResidentPages(late), late.size());
+  ReleaseStackCache();
+}
+
 std::size_t StacksWithResidentPages(
     const std::vector<std::pair<void*, std::size_t>>& v) {
   std::size_t n = 0;

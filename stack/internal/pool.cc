@@ -25,6 +25,10 @@
 //   because a page-mate was not in its batch.
 // - resident is in free order (front = least recently freed), so trimming the
 //   front keeps the hottest stacks and taking the back reuses them LIFO.
+// - orphans <= idle_mark <= |resident|. While an idle sweep is in
+//   progress, resident[orphans, orphans + sweep_counted) are its victims
+//   still to trim (every removal from the front or the back keeps this) and
+//   sweep_orphans <= orphans.
 // - A ThreadState is in the registry iff its phase is kActive; its caches are
 //   empty in phases kNew and kExited. An active thread has an alternate
 //   signal stack (its own or ours), so any thread that can be handed a stack
@@ -73,6 +77,11 @@ struct SharedPool {
   std::size_t idle_mark = 0;  // guarded by mu
   // resident[0, orphans): compact slots a trim kept for their page-mates.
   std::size_t orphans = 0;  // guarded by mu
+  // The idle sweep in progress (Pool::TrimIdle): resident[orphans, orphans
+  // + sweep_counted) are the idle stacks it has still to trim, and it will
+  // retry sweep_orphans of the orphans once the rest is done.
+  std::size_t sweep_counted = 0;  // guarded by mu
+  std::size_t sweep_orphans = 0;  // guarded by mu
 };
 
 // SetStackTrimmingDeferred(): how many callers want trimming past the
@@ -248,6 +257,9 @@ class Pool {
     sp.resident.resize(sp.resident.size() - from_resident);
     sp.orphans = std::min(sp.orphans, sp.resident.size());
     if (sp.idle_mark > sp.resident.size()) sp.idle_mark = sp.resident.size();
+    sp.sweep_counted =
+        std::min(sp.sweep_counted, sp.resident.size() - sp.orphans);
+    sp.sweep_orphans = std::min(sp.sweep_orphans, sp.orphans);
     const std::size_t got = from_resident + from_trimmed;
     sp.pooled -= got;
     if (trimmed != nullptr) *trimmed = static_cast<std::uint32_t>(from_trimmed);
@@ -327,27 +339,63 @@ class Pool {
   }
 
   // Releases the pages of resident stacks that stayed pooled since the
-  // previous call (the oldest first), keeping at least `keep` per class, and
-  // starts a new period. Go's scavenger, done with a period instead of a
-  // heap goal: a burst keeps its stacks warm while it lasts, and RSS falls
-  // back within two periods after it ends.
-  void TrimIdle(std::size_t keep) {
+  // previous sweep began (the oldest first), keeping at least `keep` per
+  // class, at most `budget` of them per call. Go's scavenger, done with a
+  // period instead of a heap goal: a burst keeps its stacks warm while it
+  // lasts, and RSS falls back within two periods after it ends.
+  //
+  // A sweep begins with a call that finds none in progress: it picks each
+  // class's victims, the stacks idle since the previous sweep began, and
+  // starts the new period for every class at once. Calls trim the victims,
+  // `budget` at a time; the compact slots kept for a page-mate are retried
+  // once per sweep, all together after the rest of their class (their cost
+  // is mostly the sort: only pages now wholly free are advised), outside
+  // the budget, which they could otherwise fill round after round. Returns
+  // true while the sweep has victims left.
+  bool TrimIdle(std::size_t keep, std::size_t budget) {
+    std::lock_guard<std::mutex> sweep_lock(sweep_mu_);
     const std::uint32_t n = ClassCount();
+    if (!sweeping_) {
+      sweep_keep_ = keep;
+      for (std::uint32_t cls = 0; cls < n; ++cls) {
+        SharedPool& sp = shared_[cls];
+        std::lock_guard<SpinLock> lock(sp.mu);
+        const std::size_t size = sp.resident.size();
+        const std::size_t idle = std::min(sp.idle_mark, size);
+        const std::size_t k_keep = ScaledLimit(cls, keep);
+        const std::size_t k = std::min(idle, size > k_keep ? size - k_keep : 0);
+        sp.sweep_orphans = std::min(sp.orphans, k);
+        sp.sweep_counted = k - sp.sweep_orphans;
+        sp.idle_mark = size;
+      }
+      sweeping_ = true;
+    }
+    bool more = false;
     for (std::uint32_t cls = 0; cls < n; ++cls) {
       SharedPool& sp = shared_[cls];
       std::vector<std::uintptr_t> victims;
       {
         std::lock_guard<SpinLock> lock(sp.mu);
         const std::size_t size = sp.resident.size();
-        const std::size_t idle = std::min(sp.idle_mark, size);
-        const std::size_t k_keep = ScaledLimit(cls, keep);
-        const std::size_t excess = size > k_keep ? size - k_keep : 0;
-        const std::size_t k = std::min(idle, excess);
-        if (k > 0) TakeOldestLocked(sp, k, &victims);
-        sp.idle_mark = sp.resident.size();
+        const std::size_t k_keep = ScaledLimit(cls, sweep_keep_);
+        // Reuse since the sweep began may have shrunk the pool to `keep`.
+        const std::size_t room = size > k_keep ? size - k_keep : 0;
+        if (sp.sweep_counted > room) sp.sweep_counted = room;
+        const std::size_t k = std::min(sp.sweep_counted, budget);
+        TakeOldestCountedLocked(sp, k, &victims);
+        budget -= k;
+        if (sp.sweep_counted > 0) {
+          more = true;
+        } else if (sp.sweep_orphans > 0) {
+          const std::size_t o = std::min(sp.sweep_orphans, sp.orphans);
+          sp.sweep_orphans = 0;
+          TakeOldestLocked(sp, o, &victims);
+        }
       }
       if (!victims.empty()) TrimAndStore(cls, &victims);
     }
+    sweeping_ = more;
+    return more;
   }
 
   void SetLimit(std::size_t stacks) {
@@ -409,24 +457,31 @@ class Pool {
     return n;
   }
 
-  // Takes resident[orphans, orphans + k): the k least recently freed slots
-  // that are not kept for a page-mate.
+  // Appends resident[orphans, orphans + k) to *victims: the k least
+  // recently freed slots that are not kept for a page-mate.
   static void TakeOldestCountedLocked(SharedPool& sp, std::size_t k,
                                       std::vector<std::uintptr_t>* victims) {
     const auto first = sp.resident.begin() + sp.orphans;
-    victims->assign(first, first + k);
+    victims->insert(victims->end(), first, first + k);
     sp.resident.erase(first, first + k);
     if (sp.idle_mark > sp.orphans) {
       sp.idle_mark -= std::min(k, sp.idle_mark - sp.orphans);
     }
+    sp.sweep_counted -= std::min(k, sp.sweep_counted);
   }
 
+  // Appends resident[0, k) to *victims: the k least recently freed slots,
+  // the orphans first.
   static void TakeOldestLocked(SharedPool& sp, std::size_t k,
                                std::vector<std::uintptr_t>* victims) {
-    victims->assign(sp.resident.begin(), sp.resident.begin() + k);
+    victims->insert(victims->end(), sp.resident.begin(),
+                    sp.resident.begin() + k);
     sp.resident.erase(sp.resident.begin(), sp.resident.begin() + k);
+    const std::size_t counted = k > sp.orphans ? k - sp.orphans : 0;
     sp.orphans = sp.orphans > k ? sp.orphans - k : 0;
     sp.idle_mark = sp.idle_mark > k ? sp.idle_mark - k : 0;
+    sp.sweep_counted -= std::min(counted, sp.sweep_counted);
+    sp.sweep_orphans = std::min(sp.sweep_orphans, sp.orphans);
   }
 
   // Releases the usable pages of `victims` (one range per run of adjacent
@@ -495,6 +550,9 @@ class Pool {
   std::atomic<std::size_t> trim_calls_{0};
   std::atomic<std::size_t> trimmed_stacks_{0};
   std::atomic<std::size_t> deferred_trimmed_stacks_{0};
+  std::mutex sweep_mu_;         // serializes TrimIdle() calls
+  bool sweeping_ = false;       // guarded by sweep_mu_
+  std::size_t sweep_keep_ = 0;  // guarded by sweep_mu_
 };
 
 void FlushCaches(Pool& pool, ThreadState& ts) {
@@ -630,7 +688,9 @@ void FreeSlow(ThreadState& ts, std::uintptr_t top, std::uint32_t cls) {
   pool.PutBatch(cls, &top, 1);
 }
 
-void TrimIdle(std::size_t keep) { Pool::Get().TrimIdle(keep); }
+bool TrimIdle(std::size_t keep, std::size_t max_stacks) {
+  return Pool::Get().TrimIdle(keep, max_stacks);
+}
 
 void SetTrimDeferred(bool defer) {
   if (defer) {

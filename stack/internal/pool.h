@@ -107,7 +107,7 @@ void PrepareThread(ThreadState& ts);
 // Moves the calling thread's cached stacks to the shared pools and releases
 // the pages of every stack in every shared pool.
 void ReleaseAll(ThreadState& ts);
-void TrimIdle(std::size_t keep);
+bool TrimIdle(std::size_t keep, std::size_t max_stacks);
 void SetTrimDeferred(bool defer);
 bool TrimPending();
 bool TrimExcess(std::size_t max_stacks);
