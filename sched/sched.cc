@@ -1823,24 +1823,22 @@ void SysmonLoop() {
         }
       }
     }
-    // Give back the pages of stacks pooled and unused for a whole second
-    // (Go's scavenger): bursts reuse warm stacks, idle RSS still shrinks.
-    // A long-idle burst is trimmed in slices, one per round (the next period
-    // begins after the last slice).
-    if (now >= next_stack_trim || idle_trim_unfinished) {
+    // Trimming (docs/sched.md, "Blocking calls and the monitor"): the
+    // stacks past a pool's high-water mark, which Start left to us, then
+    // those pooled and unused for a whole period (Go's scavenger: bursts
+    // reuse warm stacks, idle RSS still shrinks), in slices of kTrimChunkStacks per
+    // round, so that the rest of the round (P retakes, overdue timers) does
+    // not wait for a whole trim. A sweep of idle stacks begins every second
+    // after the previous one finished.
+    if (StackTrimmingPending()) {
+      if (TrimExcessStacks(kTrimChunkStacks)) acted = true;
+    } else if (now >= next_stack_trim || idle_trim_unfinished) {
       idle_trim_unfinished = TrimIdleStacks(1024, kTrimChunkStacks);
       if (idle_trim_unfinished) {
         acted = true;
       } else {
         next_stack_trim = now + 1'000'000'000;
       }
-    }
-    // And those past the pool's high-water mark, which Start left to us,
-    // a chunk per round: the rest of the round (P retakes, overdue timers)
-    // does not wait for a whole trim, and the Ms it would have stalled
-    // share the CPUs with us instead.
-    if (StackTrimmingPending() && TrimExcessStacks(kTrimChunkStacks)) {
-      acted = true;
     }
     // Timers over 1 ms overdue that nobody will fire: no M sleeps on them,
     // and their P has been held by one fiber for that long (gort cannot

@@ -262,18 +262,22 @@ void SetStackPoolLimit(std::size_t stacks);
 std::size_t GetStackPoolLimit();
 
 // Gives back the pages of pooled stacks that have not been reused since the
-// previous call, keeping `keep` per size class (default 1024) resident. Meant
-// to be called periodically (the scheduler's monitor does, every second), so
-// that a burst of fibers reuses warm stacks while it lasts and RSS shrinks
-// within about two periods after it: Go's scavenger, with a period. Any
-// thread; takes each class's pool lock briefly.
+// previous sweep began, keeping `keep` per size class (default 1024)
+// resident. Meant to be called periodically (the scheduler's monitor does,
+// every second), so that a burst of fibers reuses warm stacks while it lasts
+// and RSS shrinks within about two periods after it: Go's scavenger, with a
+// period. A call that finds no sweep in progress begins one (and with it
+// the next period, for every size class at once).
 //
 // At most `max_stacks` are trimmed per call (0.5-0.8 us each on this
 // project's VM, 2026-11-28), so that a caller with other work to do, like
 // the monitor, can trim a long-idle burst in slices: it returns true while
-// stacks idle for the period remain, and the next call goes on with them
-// instead of starting a new period. (Compact stacks kept for a page-mate
-// still in use are retried once per period, outside that count.)
+// the sweep has work left, and the next call goes on with it (with the
+// sweep's `keep`). Compact stacks kept for a page-mate still in use are
+// retried once per sweep, outside that count. Any thread; calls are
+// serialized by one mutex, which an unbudgeted call (the default) holds
+// through its madvise calls and waits for, and a budgeted call does not
+// wait for (it returns true at once).
 bool TrimIdleStacks(std::size_t keep = 1024, std::size_t max_stacks = SIZE_MAX);
 
 // Trimming past the high-water mark runs, by default, on the thread whose

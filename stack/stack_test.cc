@@ -325,12 +325,12 @@ TEST(StackTest, TrimIdleStacksGoesInSlicesWithinOnePeriod) {
   EXPECT_FALSE(TrimIdleStacks(16, 10));  // a sweep with nothing idle yet
   EXPECT_EQ(shared(), resident);
   std::size_t expected = resident;
-  while (expected - 10 > 16) {
-    EXPECT_TRUE(TrimIdleStacks(16, 10));  // more of the same period
+  while (expected - 16 > 10) {
+    EXPECT_TRUE(TrimIdleStacks(16, 10));  // a slice of the same period
     expected -= 10;
     ASSERT_EQ(shared(), expected);
   }
-  EXPECT_FALSE(TrimIdleStacks(16, 10));  // the last slice
+  EXPECT_FALSE(TrimIdleStacks(16, 10));  // the last slice: the sweep ends
   EXPECT_EQ(shared(), 16u);
   // The 16 kept were pooled when this sweep began: idle for the next one.
   EXPECT_FALSE(TrimIdleStacks(0, 100));

@@ -72,14 +72,15 @@ struct SharedPool {
   std::size_t carve_next = 0;            // guarded by mu
   std::size_t carved = 0;                // guarded by mu
   std::size_t pooled = 0;                // guarded by mu
-  // resident[0, idle_mark) were already pooled at the last TrimIdle() and
-  // have not been handed out since: idle for a whole period.
+  // resident[0, idle_mark) were already pooled when the last idle sweep
+  // began (TrimIdle) and have not been handed out since: idle for a whole
+  // period.
   std::size_t idle_mark = 0;  // guarded by mu
   // resident[0, orphans): compact slots a trim kept for their page-mates.
   std::size_t orphans = 0;  // guarded by mu
   // The idle sweep in progress (Pool::TrimIdle): resident[orphans, orphans
   // + sweep_counted) are the idle stacks it has still to trim, and it will
-  // retry sweep_orphans of the orphans once the rest is done.
+  // retry sweep_orphans of the orphans (the front ones) once they are done.
   std::size_t sweep_counted = 0;  // guarded by mu
   std::size_t sweep_orphans = 0;  // guarded by mu
 };
@@ -346,14 +347,22 @@ class Pool {
   //
   // A sweep begins with a call that finds none in progress: it picks each
   // class's victims, the stacks idle since the previous sweep began, and
-  // starts the new period for every class at once. Calls trim the victims,
-  // `budget` at a time; the compact slots kept for a page-mate are retried
-  // once per sweep, all together after the rest of their class (their cost
-  // is mostly the sort: only pages now wholly free are advised), outside
-  // the budget, which they could otherwise fill round after round. Returns
-  // true while the sweep has victims left.
+  // begins the next period for every class at once (a call that goes on
+  // with a sweep keeps the sweep's `keep`). Calls trim the victims, `budget`
+  // at a time. The compact slots kept for a page-mate, those idle when the
+  // sweep began and those its own slices leave behind, are retried once,
+  // after the class's last slice, outside the budget: a retry advises only
+  // the pages now wholly free. Returns true while the sweep has work left.
+  // A budgeted call does not wait for another one in progress (it returns
+  // true at once): the monitor never waits for a user's unbudgeted call.
   bool TrimIdle(std::size_t keep, std::size_t budget) {
-    std::lock_guard<std::mutex> sweep_lock(sweep_mu_);
+    std::unique_lock<std::mutex> sweep_lock(sweep_mu_, std::defer_lock);
+    if (budget == SIZE_MAX) {
+      sweep_lock.lock();
+    } else if (!sweep_lock.try_lock()) {
+      return true;
+    }
+    budget = std::max<std::size_t>(budget, 1);
     const std::uint32_t n = ClassCount();
     if (!sweeping_) {
       sweep_keep_ = keep;
@@ -373,26 +382,44 @@ class Pool {
     bool more = false;
     for (std::uint32_t cls = 0; cls < n; ++cls) {
       SharedPool& sp = shared_[cls];
-      std::vector<std::uintptr_t> victims;
-      {
-        std::lock_guard<SpinLock> lock(sp.mu);
-        const std::size_t size = sp.resident.size();
-        const std::size_t k_keep = ScaledLimit(cls, sweep_keep_);
-        // Reuse since the sweep began may have shrunk the pool to `keep`.
-        const std::size_t room = size > k_keep ? size - k_keep : 0;
-        if (sp.sweep_counted > room) sp.sweep_counted = room;
-        const std::size_t k = std::min(sp.sweep_counted, budget);
-        TakeOldestCountedLocked(sp, k, &victims);
-        budget -= k;
-        if (sp.sweep_counted > 0) {
-          more = true;
-        } else if (sp.sweep_orphans > 0) {
-          const std::size_t o = std::min(sp.sweep_orphans, sp.orphans);
-          sp.sweep_orphans = 0;
-          TakeOldestLocked(sp, o, &victims);
+      // A slice of the counted victims, then (once they are all done, with
+      // budget left) the retry of the orphans.
+      for (bool retried = false; !retried;) {
+        std::vector<std::uintptr_t> victims;
+        bool slice = false;
+        {
+          std::lock_guard<SpinLock> lock(sp.mu);
+          const std::size_t size = sp.resident.size();
+          const std::size_t k_keep = ScaledLimit(cls, sweep_keep_);
+          const std::size_t retry = std::min(sp.sweep_orphans, sp.orphans);
+          // Reuse since the sweep began may have shrunk the pool to `keep`.
+          const std::size_t room =
+              size > k_keep + retry ? size - k_keep - retry : 0;
+          if (sp.sweep_counted > room) sp.sweep_counted = room;
+          if (budget == 0) {
+            more = more || sp.sweep_counted > 0 || retry > 0;
+            break;
+          }
+          if (sp.sweep_counted > 0) {
+            const std::size_t k = std::min(sp.sweep_counted, budget);
+            TakeOldestCountedLocked(sp, k, &victims);
+            budget -= k;
+            slice = true;
+          } else {
+            if (retry > 0) TakeOldestLocked(sp, retry, &victims);
+            sp.sweep_orphans = 0;
+            retried = true;
+          }
+        }
+        if (victims.empty()) continue;
+        const std::size_t taken = victims.size();
+        const std::size_t trimmed = TrimAndStore(cls, &victims);
+        if (slice && trimmed < taken) {  // they join this sweep's retry
+          std::lock_guard<SpinLock> lock(sp.mu);
+          sp.sweep_orphans =
+              std::min(sp.orphans, sp.sweep_orphans + (taken - trimmed));
         }
       }
-      if (!victims.empty()) TrimAndStore(cls, &victims);
     }
     sweeping_ = more;
     return more;
