@@ -1826,10 +1826,10 @@ void SysmonLoop() {
     // Trimming (docs/sched.md, "Blocking calls and the monitor"): the
     // stacks past a pool's high-water mark, which Start left to us, then
     // those pooled and unused for a whole period (Go's scavenger: bursts
-    // reuse warm stacks, idle RSS still shrinks), in slices of kTrimChunkStacks per
-    // round, so that the rest of the round (P retakes, overdue timers) does
-    // not wait for a whole trim. A sweep of idle stacks begins every second
-    // after the previous one finished.
+    // reuse warm stacks, idle RSS still shrinks), in slices of
+    // kTrimChunkStacks per round, so that the rest of the round (P retakes,
+    // overdue timers) does not wait for a whole trim. A sweep of idle
+    // stacks begins every second after the previous one finished.
     if (StackTrimmingPending()) {
       if (TrimExcessStacks(kTrimChunkStacks)) acted = true;
     } else if (now >= next_stack_trim || idle_trim_unfinished) {

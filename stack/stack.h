@@ -274,10 +274,11 @@ std::size_t GetStackPoolLimit();
 // the monitor, can trim a long-idle burst in slices: it returns true while
 // the sweep has work left, and the next call goes on with it (with the
 // sweep's `keep`). Compact stacks kept for a page-mate still in use are
-// retried once per sweep, outside that count. Any thread; calls are
-// serialized by one mutex, which an unbudgeted call (the default) holds
-// through its madvise calls and waits for, and a budgeted call does not
-// wait for (it returns true at once).
+// retried once per sweep, outside that count (all of them at once: for
+// the compact class that can be as many as the sweep's victims). Any
+// thread; calls are serialized by one mutex, which an unbudgeted call (the
+// default) holds through its madvise calls and waits for, and a budgeted
+// call does not wait for (it returns false at once).
 bool TrimIdleStacks(std::size_t keep = 1024, std::size_t max_stacks = SIZE_MAX);
 
 // Trimming past the high-water mark runs, by default, on the thread whose

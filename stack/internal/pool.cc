@@ -352,15 +352,20 @@ class Pool {
   // at a time. The compact slots kept for a page-mate, those idle when the
   // sweep began and those its own slices leave behind, are retried once,
   // after the class's last slice, outside the budget: a retry advises only
-  // the pages now wholly free. Returns true while the sweep has work left.
-  // A budgeted call does not wait for another one in progress (it returns
-  // true at once): the monitor never waits for a user's unbudgeted call.
+  // the pages now wholly free, but all of them, so for the compact class it
+  // can be as large as the class's victims (one burst's worth, once per
+  // sweep). Returns true while the sweep has work left. A budgeted call
+  // does not wait for another one in progress (it returns false at once):
+  // the monitor never waits for a user's unbudgeted call.
   bool TrimIdle(std::size_t keep, std::size_t budget) {
     std::unique_lock<std::mutex> sweep_lock(sweep_mu_, std::defer_lock);
     if (budget == SIZE_MAX) {
       sweep_lock.lock();
     } else if (!sweep_lock.try_lock()) {
-      return true;
+      // Busy: an unbudgeted call finishes its sweep, a budgeted one leaves
+      // it for the next call. Not "unfinished": a monitor would come back
+      // at once and begin a sweep whose period had hardly begun.
+      return false;
     }
     budget = std::max<std::size_t>(budget, 1);
     const std::uint32_t n = ClassCount();
@@ -394,7 +399,7 @@ class Pool {
           const std::size_t retry = std::min(sp.sweep_orphans, sp.orphans);
           // Reuse since the sweep began may have shrunk the pool to `keep`.
           const std::size_t room =
-              size > k_keep + retry ? size - k_keep - retry : 0;
+              size - retry > k_keep ? size - retry - k_keep : 0;
           if (sp.sweep_counted > room) sp.sweep_counted = room;
           if (budget == 0) {
             more = more || sp.sweep_counted > 0 || retry > 0;
