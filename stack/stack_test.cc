@@ -338,27 +338,36 @@ TEST(StackTest, TrimIdleStacksGoesInSlicesWithinOnePeriod) {
   ReleaseStackCache();
 }
 
+// Up to `pages` compact pages both of whose slots are ours: the lower slot
+// of each in *lower, the upper one in *upper (the other stacks allocated on
+// the way are freed).
+void HoldCompactPages(std::size_t pages, std::vector<Stack>* lower,
+                      std::vector<Stack>* upper) {
+  std::vector<Stack> all;
+  for (std::size_t i = 0; i < 6 * pages; ++i) {
+    all.push_back(Stack::AllocateCompact());
+  }
+  std::sort(all.begin(), all.end(),
+            [](const Stack& a, const Stack& b) { return a.top() < b.top(); });
+  for (std::size_t i = 0; i + 1 < all.size() && upper->size() < pages; ++i) {
+    if (Addr(all[i].top()) == Addr(all[i + 1].base()) &&
+        Addr(all[i].base()) % Page() == 0) {
+      lower->push_back(std::move(all[i]));
+      upper->push_back(std::move(all[i + 1]));
+      ++i;
+    }
+  }
+}
+
 // Compact stacks kept for a page-mate in use do not stall the slices.
 TEST(StackTest, TrimIdleSlicesMakeProgressPastCompactStacksKeptForTheirMates) {
   if (kCompactStackSize * 2 != Page()) {
     GTEST_SKIP() << "written for two compact stacks to a page";
   }
   ReleaseStackCache();
-  std::vector<Stack> all;
-  for (int i = 0; i < 600; ++i) all.push_back(Stack::AllocateCompact());
-  std::sort(all.begin(), all.end(),
-            [](const Stack& a, const Stack& b) { return a.top() < b.top(); });
   std::vector<Stack> kept, uppers;
-  for (std::size_t i = 0; i + 1 < all.size() && uppers.size() < 100; ++i) {
-    if (Addr(all[i].top()) == Addr(all[i + 1].base()) &&
-        Addr(all[i].base()) % Page() == 0) {
-      kept.push_back(std::move(all[i]));
-      uppers.push_back(std::move(all[i + 1]));
-      ++i;
-    }
-  }
+  HoldCompactPages(100, &kept, &uppers);
   ASSERT_EQ(uppers.size(), 100u);
-  all.clear();
   ReleaseStackCache();
   uppers.clear();
   ReleaseStackCache();  // every upper half is kept now, for its mate
@@ -634,21 +643,9 @@ TEST(StackTest, TheTrimmerMakesProgressPastCompactStacksKeptForTheirMates) {
   StartWithAnEmptyPool();
   ScopedPoolLimit limit(16);  // compact: 32 kept, trims past 48, 64 at once
   // Pages both of whose slots we hold: keep the lower, free the upper.
-  std::vector<Stack> all;
-  for (int i = 0; i < 600; ++i) all.push_back(Stack::AllocateCompact());
-  std::sort(all.begin(), all.end(),
-            [](const Stack& a, const Stack& b) { return a.top() < b.top(); });
   std::vector<Stack> kept, uppers;
-  for (std::size_t i = 0; i + 1 < all.size() && uppers.size() < 81; ++i) {
-    if (Addr(all[i].top()) == Addr(all[i + 1].base()) &&
-        Addr(all[i].base()) % Page() == 0) {
-      kept.push_back(std::move(all[i]));
-      uppers.push_back(std::move(all[i + 1]));
-      ++i;
-    }
-  }
+  HoldCompactPages(81, &kept, &uppers);
   ASSERT_EQ(uppers.size(), 81u);
-  all.clear();
   ReleaseStackCache();
   TrimExcessStacks();
   const StackStats before = GetStackStats(false);
