@@ -1330,12 +1330,18 @@ TEST(SchedLifecycleTest, TheMonitorTrimsStackPoolsPastTheirMark) {
   const StackStats before = GetStackStats(false);
   // From this plain thread: 140 freed, 108-124 of them past its cache.
   FreeTouchedStacks(140);
-  // The monitor looks every 20 us to 10 ms.
-  for (int i = 0; i < 30'000 && StackTrimmingPending(); ++i) {
+  // The monitor looks every 20 us to 10 ms. It lowers the flag as it
+  // begins a trim and counts the trimmed stacks once their pages are
+  // released, so wait for the count.
+  StackStats running = GetStackStats(false);
+  const auto trimmed_by_monitor = [&] {
+    return running.deferred_trimmed_stacks - before.deferred_trimmed_stacks;
+  };
+  for (int i = 0; i < 30'000 && trimmed_by_monitor() < 108u - 64u; ++i) {
     absl::SleepFor(absl::Milliseconds(1));
+    running = GetStackStats(false);
   }
   EXPECT_FALSE(StackTrimmingPending());
-  const StackStats running = GetStackStats(false);
   EXPECT_GE(running.trimmed_stacks - before.trimmed_stacks, 108u - 64u);
   EXPECT_EQ(running.deferred_trimmed_stacks - before.deferred_trimmed_stacks,
             running.trimmed_stacks - before.trimmed_stacks);
