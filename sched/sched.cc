@@ -806,16 +806,30 @@ int TimerBudget(std::uint32_t size) {
   return room > 16 ? room / 2 : 0;
 }
 
+// How overdue a timer of a P that another M is running must be before a
+// busy M fires it. That P's own M fires it on its next trip through g0 (or
+// its next 61st schedule): helping earlier moves the heap's lock and lines
+// to the helper's core and back at the owner's next AddTimer, a miss on
+// each side, for a timer that was about to fire anyway.
+constexpr std::int64_t kHelpTimersLag = 500'000;  // ns
+
 // Fires due timers of every P, `budget` in all (64 per P at most), starting
 // at P `start` mod the P count (callers vary it, so that no P is always
-// served last). Whether any fired.
+// served last). With `self` (the caller's P, busy with its own queue):
+// self's timers first, and those of Ps other Ms are running only once
+// kHelpTimersLag overdue; an idle P's or one in a blocking call are fired
+// as soon as due. Whether any fired.
 bool RunAllTimers(std::int64_t now, int budget = 1 << 30,
-                  std::uint32_t start = 0) {
+                  std::uint32_t start = 0, P* self = nullptr) {
+  int fired = self != nullptr ? RunTimers(self, now, budget) : 0;
   const int n = g_sched->nallp.load(std::memory_order_acquire);
   const int first = static_cast<int>(start % static_cast<std::uint32_t>(n));
-  int fired = 0;
   for (int k = 0; k < n && fired < budget; ++k) {
-    fired += RunTimers(g_sched->allp[(first + k) % n], now, budget - fired);
+    P* p = g_sched->allp[(first + k) % n];
+    if (p == self) continue;
+    const bool owned = self != nullptr &&
+                       p->status.load(std::memory_order_relaxed) == kPRunning;
+    fired += RunTimers(p, owned ? now - kHelpTimersLag : now, budget - fired);
   }
   return fired > 0;
 }
@@ -1066,7 +1080,7 @@ top:
     std::int64_t now = MonoNow();
     int budget = TimerBudget(p->runq.local().Size());
     if (budget == 0 && EarliestTimer() < now - 1'000'000) budget = 8;
-    if (budget > 0) RunAllTimers(now, budget, p->schedtick);
+    if (budget > 0) RunAllTimers(now, budget, p->schedtick, p);
     if ((p->schedtick + 1) % kGlobalQueueTick == 0 &&
         g_sched->runq_size.load(std::memory_order_relaxed) > 0) {
       std::lock_guard<Lock> l(g_sched->lock);
