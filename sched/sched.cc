@@ -165,6 +165,10 @@ struct TimerHeap {
   // each park takes, and stored only when it changes, so that a sleeper
   // added behind the earliest timer does not take the line from readers.
   alignas(64) std::atomic<std::int64_t> next_when{kNoDeadline};
+  // Set by the owner when its last look left due timers unfired (its ring
+  // had no room for them): other busy Ms then fire them without waiting
+  // kHelpTimersLag. Stored only when it changes.
+  std::atomic<bool> backlog{false};
 
   void PublishNextWhen() {
     const std::int64_t when = heap.empty() ? kNoDeadline : heap[0].when;
@@ -816,9 +820,10 @@ constexpr std::int64_t kHelpTimersLag = 500'000;  // ns
 // Fires due timers of every P, `budget` in all (64 per P at most), starting
 // at P `start` mod the P count (callers vary it, so that no P is always
 // served last). With `self` (the caller's P, busy with its own queue):
-// self's timers first, and those of Ps other Ms are running only once
-// kHelpTimersLag overdue; an idle P's or one in a blocking call are fired
-// as soon as due. Whether any fired.
+// self's timers first, and those of a P that another M is running only
+// once its earliest is kHelpTimersLag overdue or its owner has left due
+// ones it had no room for (`backlog`); an idle P's, or one in a blocking
+// call, as soon as due. Whether any fired.
 bool RunAllTimers(std::int64_t now, int budget = 1 << 30,
                   std::uint32_t start = 0, P* self = nullptr) {
   int fired = self != nullptr ? RunTimers(self, now, budget) : 0;
@@ -827,9 +832,17 @@ bool RunAllTimers(std::int64_t now, int budget = 1 << 30,
   for (int k = 0; k < n && fired < budget; ++k) {
     P* p = g_sched->allp[(first + k) % n];
     if (p == self) continue;
-    const bool owned = self != nullptr &&
-                       p->status.load(std::memory_order_relaxed) == kPRunning;
-    fired += RunTimers(p, owned ? now - kHelpTimersLag : now, budget - fired);
+    const std::int64_t when =
+        p->timers.next_when.load(std::memory_order_acquire);
+    if (when > now) continue;
+    // (status shares a line with what p's owner writes at every switch:
+    // looked at only once p has a timer due.)
+    if (self != nullptr && when > now - kHelpTimersLag &&
+        !p->timers.backlog.load(std::memory_order_relaxed) &&
+        p->status.load(std::memory_order_relaxed) == kPRunning) {
+      continue;
+    }
+    fired += RunTimers(p, now, budget - fired);
   }
   return fired > 0;
 }
@@ -1081,6 +1094,11 @@ top:
     int budget = TimerBudget(p->runq.local().Size());
     if (budget == 0 && EarliestTimer() < now - 1'000'000) budget = 8;
     if (budget > 0) RunAllTimers(now, budget, p->schedtick, p);
+    const bool backlog =
+        p->timers.next_when.load(std::memory_order_relaxed) <= now;
+    if (backlog != p->timers.backlog.load(std::memory_order_relaxed)) {
+      p->timers.backlog.store(backlog, std::memory_order_relaxed);
+    }
     if ((p->schedtick + 1) % kGlobalQueueTick == 0 &&
         g_sched->runq_size.load(std::memory_order_relaxed) > 0) {
       std::lock_guard<Lock> l(g_sched->lock);
@@ -1090,6 +1108,12 @@ top:
     if (g_sched->runq_size.load(std::memory_order_relaxed) > 0) {
       std::lock_guard<Lock> l(g_sched->lock);
       if (G* g = GlobRunqGet(p, 0)) return g;
+    }
+    // Nothing queued for us: every P's due timers, with no lag, before
+    // taking other Ps' work (an M that is about to steal has nothing of its
+    // own to do, and woken sleepers have waited longer than new work).
+    if (RunAllTimers(MonoNow(), TimerBudget(0), p->schedtick)) {
+      if (G* g = PopLocal(p)) return g;
     }
     // (netpoll hook: poll I/O without blocking here.)
     int procs = g_sched->procs.load(std::memory_order_relaxed);
