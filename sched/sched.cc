@@ -45,6 +45,7 @@
 #include "fiber/internal/fatal.h"
 #include "sched/internal/futex.h"
 #include "sched/internal/test_hooks.h"
+#include "sched/internal/timer_queue.h"
 #include "sched/runq.h"
 
 namespace gort {
@@ -90,7 +91,7 @@ struct Timer {
   std::uint64_t seq = 0;
   // The heap it is in; changes only with both heaps locked (MoveTimersToP0).
   std::atomic<P*> p{nullptr};
-  int index = -1;  // in p's heap; -1 when not queued
+  int index = -1;  // in p's TimerQueue; -1 when not queued
   std::atomic<bool> fired{false};  // store-release after the last touch
 };
 
@@ -148,18 +149,11 @@ static_assert(offsetof(G, task_storage) + 24 <= 64 &&
               "must share one cache line");
 #pragma GCC diagnostic pop
 
-// A P's timers: a 4-ary min-heap on `when` (as Go's: half the depth of a
-// binary heap; a node's four children are adjacent, within one or two
-// cache lines), guarded by `lock`.
+// A P's timers (internal/timer_queue.h: a FIFO run of the deadlines added
+// in order, a 4-ary heap for the others), guarded by `lock`.
 struct TimerHeap {
   Lock lock;
-  // `when` is kept in the heap array itself: sifting compares without
-  // touching the timers.
-  struct Entry {
-    std::int64_t when;
-    Timer* timer;
-  };
-  std::vector<Entry> heap;
+  TimerQueue<Timer> queue;
   // The earliest `when`, for lock-free looks from every M (RunAllTimers on
   // each trip through g0): away from `lock`, which each park takes, and
   // stored only when it changes, so that a sleeper added behind the
@@ -175,66 +169,23 @@ struct TimerHeap {
   // 0.6-25 without, 0.6-2.8 in four of five.) Stored only when it changes.
   std::atomic<bool> backlog{false};
 
+  // Called with `lock` held.
+  void Add(Timer* t) {
+    queue.Add(t);
+    PublishNextWhen();
+  }
+  void Remove(Timer* t) {
+    queue.Remove(t);
+    PublishNextWhen();
+  }
   void PublishNextWhen() {
-    const std::int64_t when = heap.empty() ? kNoDeadline : heap[0].when;
+    const std::int64_t when = queue.EarliestWhen();
     if (next_when.load(std::memory_order_relaxed) != when) {
       next_when.store(when, std::memory_order_release);
     }
   }
-
-  // Sift with a hole: each level moves one entry and rewrites its timer's
-  // index; the sifted entry is written once, at the end.
-  void Up(int i) {
-    const Entry e = heap[i];
-    while (i > 0) {
-      const int parent = (i - 1) / 4;
-      if (heap[parent].when <= e.when) break;
-      Place(i, heap[parent]);
-      i = parent;
-    }
-    Place(i, e);
-  }
-  void Down(int i) {
-    const int n = static_cast<int>(heap.size());
-    const Entry e = heap[i];
-    for (;;) {
-      const int first = 4 * i + 1;
-      if (first >= n) break;
-      int m = first;
-      const int end = std::min(first + 4, n);
-      for (int c = first + 1; c < end; ++c) {
-        if (heap[c].when < heap[m].when) m = c;
-      }
-      if (heap[m].when >= e.when) break;
-      Place(i, heap[m]);
-      i = m;
-    }
-    Place(i, e);
-  }
-  void Place(int i, const Entry& e) {
-    heap[i] = e;
-    e.timer->index = i;
-  }
-  // Called with `lock` held.
-  void Add(Timer* t) {
-    t->index = static_cast<int>(heap.size());
-    heap.push_back(Entry{t->when, t});
-    Up(t->index);
-    PublishNextWhen();
-  }
-  void Remove(Timer* t) {
-    const int i = t->index;
-    const int last = static_cast<int>(heap.size()) - 1;
-    if (i != last) Place(i, heap[last]);
-    heap.pop_back();
-    t->index = -1;
-    if (i < last) {
-      Down(i);
-      Up(i);
-    }
-    PublishNextWhen();
-  }
 };
+static_assert(TimerQueue<Timer>::kNone == kNoDeadline);
 
 enum PStatus : int { kPIdle, kPRunning, kPSyscall, kPRetired };
 
@@ -665,7 +616,7 @@ void CancelTimer(Timer* t) {
     P* p = t->p.load(std::memory_order_acquire);
     std::lock_guard<Lock> l(p->timers.lock);
     if (t->p.load(std::memory_order_relaxed) != p) continue;  // moved
-    if (t->index >= 0) p->timers.Remove(t);
+    if (t->index != -1) p->timers.Remove(t);
     return;
   }
 }
@@ -775,9 +726,8 @@ int RunTimers(P* p, std::int64_t now, int budget = 64) {
   int n = 0;
   {
     std::lock_guard<Lock> l(p->timers.lock);
-    while (n < budget && !p->timers.heap.empty() &&
-           p->timers.heap[0].when <= now) {
-      Timer* t = p->timers.heap[0].timer;
+    while (n < budget && p->timers.queue.EarliestWhen() <= now) {
+      Timer* t = p->timers.queue.Earliest();
       p->timers.Remove(t);
       fired[n++] = {t->parker, t->seq};
       // store-release: after this the owner may return and free `t`.
@@ -963,8 +913,9 @@ void MoveTimersToP0(P* p) {
   {
     std::lock_guard<Lock> lt0(p0->timers.lock);
     std::lock_guard<Lock> lt(p->timers.lock);
-    while (!p->timers.heap.empty()) {
-      Timer* t = p->timers.heap.back().timer;
+    while (!p->timers.queue.empty()) {
+      // Earliest first: p0's run takes them in order.
+      Timer* t = p->timers.queue.Earliest();
       p->timers.Remove(t);
       t->p.store(p0, std::memory_order_relaxed);  // both heaps locked
       p0->timers.Add(t);
