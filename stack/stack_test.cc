@@ -611,6 +611,33 @@ TEST(StackTest, APoolFarPastTheMarkTrimsOnTheSpotEvenWhileDeferred) {
   TrimExcessStacks();
 }
 
+// Past the second slack the freeing thread trims too, but a bounded share
+// (kBackstopTrimStacks past that bound), not all the way down to the mark:
+// at the default mark that was 65,536 stacks, and stalled an M's fibers for
+// 30-70 ms. The trimmer does the rest.
+TEST(StackTest, ThePoolsOwnTrimWhileDeferredIsBounded) {
+  StartWithAnEmptyPool();
+  constexpr std::size_t kLimit = 4096;
+  constexpr std::size_t kSlack = stack_internal::TrimSlack(kLimit);
+  constexpr std::size_t kBatch = stack_internal::kThreadCacheBatch;
+  ScopedPoolLimit limit(kLimit);
+  ScopedTrimmingDeferred deferred;
+  const std::size_t trimmed_before = GetStackStats(false).trimmed_stacks;
+  // Past the second slack by about 600, less what stays in this thread's
+  // cache: the backstop fires once.
+  FreeTouchedStacks(kLimit + 2 * kSlack + 600);
+  const std::size_t trimmed =
+      GetStackStats(false).trimmed_stacks - trimmed_before;
+  EXPECT_GT(trimmed, 0u);
+  EXPECT_LE(trimmed, stack_internal::kBackstopTrimStacks + 2 * kBatch);
+  EXPECT_GE(
+      SharedResident(),
+      kLimit + 2 * kSlack - stack_internal::kBackstopTrimStacks - 2 * kBatch);
+  EXPECT_TRUE(StackTrimmingPending());
+  EXPECT_FALSE(TrimExcessStacks());
+  EXPECT_EQ(SharedResident(), kLimit);
+}
+
 TEST(StackTest, DeferringNestsAndTheLastToStopTrimsWhatIsPending) {
   StartWithAnEmptyPool();
   ScopedPoolLimit limit(kDeferLimit);

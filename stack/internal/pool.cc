@@ -190,11 +190,21 @@ class Pool {
       // keep them all would otherwise be retried on every batch.
       const std::size_t counted = sp.resident.size() - sp.orphans;
       if (counted > limit && counted - limit > TrimSlack(limit)) {
-        // Deferred: the trimmer's thread does it, unless it is so late that
-        // the pool grew by another slack meanwhile.
-        if (g_trim_deferred.load(std::memory_order_relaxed) > 0 &&
-            counted - limit <= 2 * TrimSlack(limit)) {
+        if (g_trim_deferred.load(std::memory_order_relaxed) > 0) {
+          // Deferred: the trimmer's thread does it. If it is so late that
+          // the pool grew by another slack meanwhile, we trim too, but a
+          // bounded share: back under that bound by kBackstopTrimStacks.
+          // (Trimming all the way down to the mark here, 65,536 stacks at
+          // the default mark, stalled this thread's P for 30-70 ms.)
           pending = true;
+          const std::size_t over = counted - limit;
+          if (over > 2 * TrimSlack(limit)) {
+            TakeOldestCountedLocked(
+                sp,
+                std::min(over, over - 2 * TrimSlack(limit) +
+                                   kBackstopTrimStacks),
+                &victims);
+          }
         } else {
           TakeOldestLocked(sp, sp.resident.size() - limit, &victims);
         }

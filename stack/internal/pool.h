@@ -51,11 +51,14 @@ inline constexpr std::size_t kDefaultIdleKeep = 1024;
 // The shared pool trims when it holds more than limit + TrimSlack(limit)
 // resident stacks, releasing the oldest down to `limit`; the slack makes
 // trims rare and each one large (and coalescable). While trimming is
-// deferred (SetStackTrimmingDeferred), the trimmer does it, or the pool
-// itself past limit + 2 * TrimSlack(limit).
+// deferred (SetStackTrimmingDeferred), the trimmer does it; past
+// limit + 2 * TrimSlack(limit) (the trimmer is behind), the thread that
+// frees trims too, but only kBackstopTrimStacks more than the excess over
+// that bound: the trimmer does the rest.
 constexpr std::size_t TrimSlack(std::size_t limit) {
   return limit / 2 > kThreadCacheBatch ? limit / 2 : kThreadCacheBatch;
 }
+inline constexpr std::size_t kBackstopTrimStacks = 1024;
 
 struct ClassCache {
   // Written only by the owner thread (relaxed); read by statistics.
