@@ -89,7 +89,7 @@ struct Timer {
   std::int64_t when = 0;
   Parker* parker = nullptr;
   std::uint64_t seq = 0;
-  // The heap it is in; changes only with both heaps locked (MoveTimersToP0).
+  // The queue it is in; changes only with both locked (MoveTimersToP0).
   std::atomic<P*> p{nullptr};
   int index = -1;  // in p's TimerQueue; -1 when not queued
   std::atomic<bool> fired{false};  // store-release after the last touch

@@ -225,7 +225,7 @@ TEST_P(SchedTest, FibersStartedByACompactFiberGetEveryP) {
 
 // What gort itself runs on a compact fiber's stack (its parks go through
 // g0) leaves most of the 2 KiB to the fiber's own code. Measured, not
-// assumed: the stack is painted, the runtime's calls are made (a sleep, a
+// assumed: the stack is painted, the runtime's calls are made (sleeps, a
 // yield, spawning past a full run queue, a park woken from another fiber),
 // and the deepest byte they wrote is found.
 TEST_P(SchedTest, TheRuntimeLeavesMostOfACompactStackToTheFiber) {
@@ -238,7 +238,9 @@ TEST_P(SchedTest, TheRuntimeLeavesMostOfACompactStackToTheFiber) {
   Latch done(1);
   Go({.compact_stack = true}, [&] {
     PaintFreeStack();
-    Sleep(absl::Microseconds(50));
+    // Sleeps enough to pass through the timer queue's run several times
+    // (its ring has 64 slots at first).
+    for (int i = 0; i < 200; ++i) Sleep(absl::Microseconds(20 + i % 7));
     Yield();
     Latch children(300);  // more than a run queue holds: RunqPut overflows
     for (int i = 0; i < 300; ++i) {

@@ -66,6 +66,36 @@ TEST(TimerQueueTest, DeadlinesOutOfOrderGoToTheHeap) {
   EXPECT_EQ(Drain(q), (std::vector<std::int64_t>{10, 40, 50, 55, 60, 70}));
 }
 
+// An earlier deadline moves up to four later ones from the run's end to
+// the heap, so that one far deadline does not keep later sleeps out of the
+// run until it fires.
+TEST(TimerQueueTest, AnEarlierDeadlineDisplacesAFewLaterOnes) {
+  TimerQueue<T> q;
+  auto ts = Make({0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 5, 1});
+  for (int i = 0; i < 10; ++i) q.Add(ts[i].get());
+  q.Add(ts[10].get());  // 9, 8, 7, 6 to the heap; 5 joins the run
+  EXPECT_EQ(q.heap_size(), 4u);
+  EXPECT_EQ(q.run_size(), 7u);
+  q.Add(ts[11].get());  // 5, 5, 4, 3 to the heap; 1 is still early: heap
+  EXPECT_EQ(q.heap_size(), 9u);
+  EXPECT_EQ(q.run_size(), 3u);
+  EXPECT_EQ(Drain(q),
+            (std::vector<std::int64_t>{0, 1, 1, 2, 3, 4, 5, 5, 6, 7, 8, 9}));
+}
+
+TEST(TimerQueueTest, AFarDeadlineDoesNotKeepLaterSleepsOutOfTheRun) {
+  TimerQueue<T> q;
+  std::vector<std::int64_t> whens = {1'000'000};  // a long timeout
+  for (int i = 0; i < 1000; ++i) whens.push_back(100 + i);
+  auto ts = Make(whens);
+  for (auto& t : ts) q.Add(t.get());
+  EXPECT_EQ(q.heap_size(), 1u);
+  EXPECT_EQ(q.run_size(), 1000u);
+  const std::vector<std::int64_t> out = Drain(q);
+  EXPECT_TRUE(std::is_sorted(out.begin(), out.end()));
+  EXPECT_EQ(out.back(), 1'000'000);
+}
+
 TEST(TimerQueueTest, RemovingTheRunsEndsTakesTheRemovedEntriesBesideThem) {
   TimerQueue<T> q;
   std::vector<std::int64_t> whens;
@@ -106,9 +136,13 @@ TEST(TimerQueueTest, RemovedEntriesNeverOutnumberTheLiveOnesForLong) {
   EXPECT_EQ(q.run_size(), 0u);
 }
 
-TEST(TimerQueueTest, RunPositionsWrapAround) {
+// Positions are counted modulo 2^30 in indices and modulo 2^32 in the
+// head: both wraps.
+class TimerQueueWrapTest : public ::testing::TestWithParam<std::uint32_t> {};
+
+TEST_P(TimerQueueWrapTest, RunPositionsWrapAround) {
   TimerQueue<T> q;
-  q.StartRunAtForTesting((1u << 30) - 5);
+  q.StartRunAtForTesting(GetParam());
   std::vector<std::int64_t> whens;
   for (int i = 0; i < 200; ++i) whens.push_back(i);
   auto ts = Make(whens);
@@ -121,11 +155,21 @@ TEST(TimerQueueTest, RunPositionsWrapAround) {
   EXPECT_EQ(Drain(q), want);
 }
 
-// Random adds (mostly in order, as a P's sleeps are, some not), removals
-// of random queued timers, and takes of the earliest, checked against a
-// multimap after every step.
-TEST(TimerQueueTest, AgreesWithAMultimap) {
-  std::mt19937_64 rng(20261128);
+INSTANTIATE_TEST_SUITE_P(Heads, TimerQueueWrapTest,
+                         ::testing::Values((1u << 30) - 5, 0xFFFFFFF0u));
+
+// Random adds (mostly in order, as a P's sleeps are; one in
+// `out_of_order_one_in` not), removals of random queued timers, and takes
+// of the earliest, checked against a multimap after every step. Reports
+// the most timers the heap held and the most removed entries in the run.
+struct ModelRun {
+  std::size_t max_heap = 0;
+  std::size_t max_dead = 0;
+};
+void RunAgainstAMultimap(std::uint64_t seed, int out_of_order_one_in,
+                         ModelRun* out) {
+  ModelRun& r = *out;
+  std::mt19937_64 rng(seed);
   constexpr int kTimers = 4096;
   std::vector<T> pool(kTimers);
   std::vector<int> idle, queued;
@@ -133,7 +177,6 @@ TEST(TimerQueueTest, AgreesWithAMultimap) {
   std::multimap<std::int64_t, int> model;
   TimerQueue<T> q;
   std::int64_t clock = 0;
-  std::size_t max_heap = 0, max_dead = 0;
   for (int step = 0; step < 300'000; ++step) {
     const int op = static_cast<int>(rng() % 10);
     if (op < 5 && !idle.empty()) {
@@ -142,7 +185,7 @@ TEST(TimerQueueTest, AgreesWithAMultimap) {
       idle[k] = idle.back();
       idle.pop_back();
       clock += static_cast<std::int64_t>(rng() % 3);
-      pool[i].when = rng() % 3 == 0
+      pool[i].when = rng() % out_of_order_one_in == 0
                          ? clock + static_cast<std::int64_t>(rng() % 1000)
                          : clock + 1000;
       q.Add(&pool[i]);
@@ -178,17 +221,26 @@ TEST(TimerQueueTest, AgreesWithAMultimap) {
       std::erase(queued, i);
       idle.push_back(i);
     }
-    max_heap = std::max(max_heap, q.heap_size());
-    max_dead = std::max(max_dead, q.run_dead());
+    r.max_heap = std::max(r.max_heap, q.heap_size());
+    r.max_dead = std::max(r.max_dead, q.run_dead());
     ASSERT_EQ(q.size(), model.size());
     ASSERT_EQ(q.EarliestWhen(),
               model.empty() ? TimerQueue<T>::kNone : model.begin()->first);
   }
-  // Both structures, and removed entries enough to rebuild the run, were
-  // exercised.
   EXPECT_GT(q.run_size(), 0u);
-  EXPECT_GT(max_heap, 100u);
-  EXPECT_GT(max_dead, 64u);
+}
+
+// Both structures, and removed entries enough to rebuild the run, are
+// exercised: the heap with many deadlines out of order, the rebuild with
+// few (each one moves up to four from the run to the heap).
+TEST(TimerQueueTest, AgreesWithAMultimap) {
+  ModelRun many, few;
+  RunAgainstAMultimap(20261128, 3, &many);
+  ASSERT_FALSE(HasFatalFailure());
+  RunAgainstAMultimap(20261129, 200, &few);
+  ASSERT_FALSE(HasFatalFailure());
+  EXPECT_GT(many.max_heap, 100u);
+  EXPECT_GT(few.max_dead, 64u);
 }
 
 }  // namespace

@@ -20,9 +20,16 @@
 //
 // Removing a timer from the middle of the run leaves a removed entry
 // behind (O(1)); once they outnumber the live ones (and exceed 64), the run
-// is rebuilt without them, so removal stays O(1) amortized and the run at
-// most about twice the size of what it holds. The run's first and last
-// entries are never removed ones.
+// is rebuilt without them, so removal stays O(1) amortized and removed
+// entries never hold much more room than live ones. The run's first and
+// last entries are never removed ones.
+//
+// The run is a ring of power-of-two capacity, grown by doubling, never
+// shrunk: like the heap's vector, it allocates only when it grows. A fiber
+// adds its own timer on its own stack before it parks, and a compact
+// fiber's is 2 KiB: a std::deque, tried first, called malloc for every 32
+// timers added (its fast path measured no deeper than the rest of a park,
+// but its slow paths are not bounded).
 
 #ifndef GORT_SCHED_INTERNAL_TIMER_QUEUE_H_
 #define GORT_SCHED_INTERNAL_TIMER_QUEUE_H_
@@ -30,7 +37,6 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
-#include <deque>
 #include <limits>
 #include <vector>
 
@@ -47,35 +53,47 @@ class TimerQueue {
   TimerQueue(const TimerQueue&) = delete;
   TimerQueue& operator=(const TimerQueue&) = delete;
 
-  bool empty() const { return heap_.empty() && run_.empty(); }
+  bool empty() const { return heap_.empty() && run_size_ == 0; }
   // Timers queued.
-  std::size_t size() const { return heap_.size() + run_.size() - run_dead_; }
+  std::size_t size() const { return heap_.size() + run_size_ - run_dead_; }
 
   // The earliest `when`, or kNone when empty.
   std::int64_t EarliestWhen() const {
     std::int64_t when = heap_.empty() ? kNone : heap_[0].when;
-    if (!run_.empty() && run_.front().when < when) when = run_.front().when;
+    if (run_size_ != 0 && RunAt(0).when < when) when = RunAt(0).when;
     return when;
   }
   // A timer with the earliest `when`. Not empty().
   T* Earliest() const {
-    if (run_.empty()) return heap_[0].timer;
-    if (heap_.empty() || run_.front().when <= heap_[0].when) {
-      return run_.front().timer;
+    if (run_size_ == 0) return heap_[0].timer;
+    if (heap_.empty() || RunAt(0).when <= heap_[0].when) {
+      return RunAt(0).timer;
     }
     return heap_[0].timer;
   }
 
-  // Queues t (t->index == -1), by t->when.
+  // Queues t (t->index == -1), by t->when. A deadline before the run's
+  // last first moves up to kMaxDisplaced of the run's last entries that
+  // are later than it to the heap, so that one far deadline (a long
+  // timeout) does not send every later sleep to the heap until it fires.
+  // Each entry moves at most once: amortized, that costs what putting it in
+  // the heap in the first place would have.
   void Add(T* t) {
-    if (run_.empty() || t->when >= run_.back().when) {
-      t->index = RunIndex(run_head_ + static_cast<std::uint32_t>(run_.size()));
-      run_.push_back(Entry{t->when, t});
+    for (int moved = 0; run_size_ != 0 && moved < kMaxDisplaced &&
+                        RunAt(run_size_ - 1).when > t->when;
+         ++moved) {
+      const Entry last = RunAt(run_size_ - 1);
+      PushHeap(last);  // first: if it throws, nothing has changed
+      DropRunBack();
+    }
+    if (run_size_ == 0 || t->when >= RunAt(run_size_ - 1).when) {
+      if (run_size_ == ring_.size()) GrowRun();
+      t->index = RunIndex(run_head_ + static_cast<std::uint32_t>(run_size_));
+      RunAt(run_size_) = Entry{t->when, t};
+      ++run_size_;
       return;
     }
-    t->index = static_cast<int>(heap_.size());
-    heap_.push_back(Entry{t->when, t});
-    Up(t->index);
+    PushHeap(Entry{t->when, t});
   }
 
   // Takes t (queued here) out; t->index becomes -1.
@@ -91,9 +109,9 @@ class TimerQueue {
   // For tests.
   std::size_t heap_size() const { return heap_.size(); }
   void StartRunAtForTesting(std::uint32_t pos) {  // while the run is empty
-    if (run_.empty()) run_head_ = pos;
+    if (run_size_ == 0) run_head_ = pos;
   }
-  std::size_t run_size() const { return run_.size(); }
+  std::size_t run_size() const { return run_size_; }
   std::size_t run_dead() const { return run_dead_; }
 
  private:
@@ -105,8 +123,24 @@ class TimerQueue {
   };
 
   // Run positions are counted modulo 2^30 (run_head_ + i is entry i's):
-  // unambiguous while the run holds fewer than 2^30 entries.
+  // unambiguous while the run holds fewer than 2^30 entries. Entry i sits
+  // in ring_[(run_head_ + i) & (ring_.size() - 1)]: a power of two below
+  // 2^30 divides it, so an entry's slot follows from its position, and
+  // growing the ring moves entries without renumbering them.
   static constexpr std::uint32_t kRunPosMask = (1u << 30) - 1;
+  Entry& RunAt(std::size_t i) {
+    return ring_[(run_head_ + i) & (ring_.size() - 1)];
+  }
+  const Entry& RunAt(std::size_t i) const {
+    return ring_[(run_head_ + i) & (ring_.size() - 1)];
+  }
+  void GrowRun() {
+    std::vector<Entry> bigger(ring_.empty() ? 64 : 2 * ring_.size());
+    for (std::size_t i = 0; i < run_size_; ++i) {
+      bigger[(run_head_ + i) & (bigger.size() - 1)] = RunAt(i);
+    }
+    ring_.swap(bigger);
+  }
   static int RunIndex(std::uint32_t pos) {
     return -2 - static_cast<int>(pos & kRunPosMask);
   }
@@ -148,6 +182,22 @@ class TimerQueue {
     e.timer->index = i;
   }
 
+  static constexpr int kMaxDisplaced = 4;
+
+  void PushHeap(const Entry& e) {
+    heap_.push_back(e);
+    Up(static_cast<int>(heap_.size()) - 1);  // sets e.timer->index
+  }
+
+  // Drops the run's last entry (and the removed ones before it).
+  void DropRunBack() {
+    --run_size_;
+    while (run_size_ != 0 && RunAt(run_size_ - 1).timer == nullptr) {
+      --run_size_;
+      --run_dead_;
+    }
+  }
+
   void RemoveFromHeap(T* t) {
     const int i = t->index;
     const int last = static_cast<int>(heap_.size()) - 1;
@@ -162,42 +212,42 @@ class TimerQueue {
   void RemoveFromRun(T* t) {
     const std::size_t off = RunOffset(t->index);
     if (off == 0) {  // with the removed entries behind it
-      run_.pop_front();
       ++run_head_;
-      while (!run_.empty() && run_.front().timer == nullptr) {
-        run_.pop_front();
+      --run_size_;
+      while (run_size_ != 0 && RunAt(0).timer == nullptr) {
         ++run_head_;
+        --run_size_;
         --run_dead_;
       }
-    } else if (off == run_.size() - 1) {  // with the removed ones before it
-      run_.pop_back();
-      while (!run_.empty() && run_.back().timer == nullptr) {
-        run_.pop_back();
-        --run_dead_;
-      }
+    } else if (off == run_size_ - 1) {
+      DropRunBack();
     } else {
-      run_[off].timer = nullptr;
-      if (++run_dead_ > 64 && run_dead_ > run_.size() / 2) CompactRun();
+      RunAt(off).timer = nullptr;
+      if (++run_dead_ > 64 && run_dead_ > run_size_ / 2) CompactRun();
     }
   }
 
-  // Rebuilds the run without its removed entries, renumbered from 0.
+  // Rebuilds the run without its removed entries, in place (nothing to
+  // allocate): each live entry moves forward to the next free offset, and
+  // its timer takes the new position.
   void CompactRun() {
-    std::deque<Entry> live;
-    for (const Entry& e : run_) {
+    std::size_t live = 0;
+    for (std::size_t i = 0; i < run_size_; ++i) {
+      const Entry e = RunAt(i);
       if (e.timer == nullptr) continue;
-      e.timer->index = RunIndex(static_cast<std::uint32_t>(live.size()));
-      live.push_back(e);
+      RunAt(live) = e;
+      e.timer->index = RunIndex(run_head_ + static_cast<std::uint32_t>(live));
+      ++live;
     }
-    run_.swap(live);
-    run_head_ = 0;
+    run_size_ = live;
     run_dead_ = 0;
   }
 
   std::vector<Entry> heap_;
-  std::deque<Entry> run_;       // non-decreasing `when`
-  std::uint32_t run_head_ = 0;  // run_.front()'s position
-  std::size_t run_dead_ = 0;    // removed entries still in run_
+  std::vector<Entry> ring_;     // the run: non-decreasing `when`
+  std::uint32_t run_head_ = 0;  // the run's first entry's position
+  std::size_t run_size_ = 0;    // entries in the run, removed ones included
+  std::size_t run_dead_ = 0;    // removed entries still in the run
 };
 
 }  // namespace sched_internal
