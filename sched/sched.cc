@@ -917,7 +917,7 @@ void MoveTimersToP0(P* p) {
       // Earliest first: p0's run takes them in order.
       Timer* t = p->timers.queue.Earliest();
       p->timers.Remove(t);
-      t->p.store(p0, std::memory_order_relaxed);  // both heaps locked
+      t->p.store(p0, std::memory_order_relaxed);  // both queues locked
       p0->timers.Add(t);
     }
   }
