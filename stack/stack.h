@@ -291,7 +291,7 @@ bool TrimIdleStacks(std::size_t keep = 1024, std::size_t max_stacks = SIZE_MAX);
 // Release() only raises StackTrimmingPending(), and the runtime's thread
 // calls TrimExcessStacks(). A pool that grows past twice its slack before
 // then trims on the spot anyway, so memory stays bounded, but only 1,024
-// stacks past that bound at a time (a stall of about a millisecond), and
+// stacks past that bound at a time (about 0.6 ms at the rate above), and
 // leaves the rest to the trimmer. Calls nest: each
 // true needs its false, and the last false trims every pool over its limit,
 // on the calling thread. A false without a true is a fatal error. A child
