@@ -31,6 +31,15 @@ std::vector<std::unique_ptr<T>> Make(const std::vector<std::int64_t>& whens) {
   return v;
 }
 
+// n timers due at 0, 1, ..., n - 1, added to q in that order.
+std::vector<std::unique_ptr<T>> AddInOrder(TimerQueue<T>& q, int n) {
+  std::vector<std::int64_t> whens;
+  for (int i = 0; i < n; ++i) whens.push_back(i);
+  auto ts = Make(whens);
+  for (auto& t : ts) q.Add(t.get());
+  return ts;
+}
+
 // Takes every timer out, earliest first; returns their deadlines.
 std::vector<std::int64_t> Drain(TimerQueue<T>& q) {
   std::vector<std::int64_t> out;
@@ -98,10 +107,7 @@ TEST(TimerQueueTest, AFarDeadlineDoesNotKeepLaterSleepsOutOfTheRun) {
 
 TEST(TimerQueueTest, RemovingTheRunsEndsTakesTheRemovedEntriesBesideThem) {
   TimerQueue<T> q;
-  std::vector<std::int64_t> whens;
-  for (int i = 0; i < 10; ++i) whens.push_back(i);
-  auto ts = Make(whens);
-  for (auto& t : ts) q.Add(t.get());
+  auto ts = AddInOrder(q, 10);
   q.Remove(ts[1].get());  // from the middle: left behind, removed
   q.Remove(ts[2].get());
   q.Remove(ts[8].get());
@@ -119,10 +125,7 @@ TEST(TimerQueueTest, RemovingTheRunsEndsTakesTheRemovedEntriesBesideThem) {
 
 TEST(TimerQueueTest, RemovedEntriesNeverOutnumberTheLiveOnesForLong) {
   TimerQueue<T> q;
-  std::vector<std::int64_t> whens;
-  for (int i = 0; i < 1000; ++i) whens.push_back(i);
-  auto ts = Make(whens);
-  for (auto& t : ts) q.Add(t.get());
+  auto ts = AddInOrder(q, 1000);
   // Every timer but the first and the last, from the middle.
   for (int i = 1; i < 999; ++i) {
     q.Remove(ts[i].get());
@@ -143,10 +146,7 @@ class TimerQueueWrapTest : public ::testing::TestWithParam<std::uint32_t> {};
 TEST_P(TimerQueueWrapTest, RunPositionsWrapAround) {
   TimerQueue<T> q;
   q.StartRunAtForTesting(GetParam());
-  std::vector<std::int64_t> whens;
-  for (int i = 0; i < 200; ++i) whens.push_back(i);
-  auto ts = Make(whens);
-  for (auto& t : ts) q.Add(t.get());
+  auto ts = AddInOrder(q, 200);
   for (int i = 2; i < 200; i += 3) q.Remove(ts[i].get());
   std::vector<std::int64_t> want;
   for (int i = 0; i < 200; ++i) {
