@@ -86,7 +86,8 @@ class TimerQueue {
       PushHeap(last);  // first: if it throws, nothing has changed
       DropRunBack();
     }
-    if (run_size_ == 0 || t->when >= RunAt(run_size_ - 1).when) {
+    if ((run_size_ == 0 || t->when >= RunAt(run_size_ - 1).when) &&
+        run_size_ < kRunPosMask) {  // positions stay unambiguous
       if (run_size_ == ring_.size()) GrowRun();
       t->index = RunIndex(run_head_ + static_cast<std::uint32_t>(run_size_));
       RunAt(run_size_) = Entry{t->when, t};
@@ -123,7 +124,8 @@ class TimerQueue {
   };
 
   // Run positions are counted modulo 2^30 (run_head_ + i is entry i's):
-  // unambiguous while the run holds fewer than 2^30 entries. Entry i sits
+  // unambiguous while the run holds fewer than 2^30 entries, which Add
+  // keeps it to (past that, timers go to the heap). Entry i sits
   // in ring_[(run_head_ + i) & (ring_.size() - 1)]: a power of two below
   // 2^30 divides it, so an entry's slot follows from its position, and
   // growing the ring moves entries without renumbering them.
