@@ -191,6 +191,17 @@ class TimerQueue {
     Up(static_cast<int>(heap_.size()) - 1);  // sets e.timer->index
   }
 
+  // Drops the run's first entry (and the removed ones behind it).
+  void DropRunFront() {
+    ++run_head_;
+    --run_size_;
+    while (run_size_ != 0 && RunAt(0).timer == nullptr) {
+      ++run_head_;
+      --run_size_;
+      --run_dead_;
+    }
+  }
+
   // Drops the run's last entry (and the removed ones before it).
   void DropRunBack() {
     --run_size_;
@@ -213,14 +224,8 @@ class TimerQueue {
 
   void RemoveFromRun(T* t) {
     const std::size_t off = RunOffset(t->index);
-    if (off == 0) {  // with the removed entries behind it
-      ++run_head_;
-      --run_size_;
-      while (run_size_ != 0 && RunAt(0).timer == nullptr) {
-        ++run_head_;
-        --run_size_;
-        --run_dead_;
-      }
+    if (off == 0) {
+      DropRunFront();
     } else if (off == run_size_ - 1) {
       DropRunBack();
     } else {
