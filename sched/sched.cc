@@ -237,11 +237,17 @@ struct M {
   std::atomic<std::uint32_t> note{0};  // 1: woken
   bool spinning = false;
   bool in_blocking = false;
+  M* idle_next = nullptr;  // on Sched::midle; under sched.lock
   G* locked_g = nullptr;
   std::uint32_t rand = 0;
 };
 
 struct GQueueChunk;
+
+// The header of an arena of Gs (NewGStorage).
+struct GArena {
+  GArena* next = nullptr;  // the arena made after this one
+};
 
 struct Sched {
   Lock lock;
@@ -254,7 +260,10 @@ struct Sched {
   std::atomic<std::int64_t> runq_size{0};
   P* pidle = nullptr;
   std::atomic<int> npidle{0};
-  std::vector<M*> midle;
+  // Idle Ms, most recently stopped first, chained by M::idle_next (no
+  // allocation when more Ms than ever before stop at once).
+  M* midle = nullptr;
+  int nmidle = 0;
   std::vector<M*> allm;
   std::atomic<int> nmspinning{0};
   // The monitor while it takes Gs from a P's queue (RescueQueued): with
@@ -285,12 +294,13 @@ struct Sched {
   alignas(64) std::atomic<M*> timer_sleeper{nullptr};
   std::atomic<std::int64_t> timer_sleeper_until{kNoDeadline};
   RuntimeOptions options;
-  // All Gs ever made (for ForEachFiber and for freeing at Shutdown).
+  // Every G ever made lives in one of these arenas (NewGStorage), in the
+  // order made: ForEachG visits them all (for ForEachFiber and for freeing
+  // at Shutdown). Under allg_lock.
   Lock allg_lock;
-  std::vector<G*> allg;
-  std::vector<void*> arenas;  // where Gs live (NewGStorage), under allg_lock
-  char* arena_next = nullptr;
-  char* arena_end = nullptr;
+  GArena* first_arena = nullptr;
+  GArena* last_arena = nullptr;
+  char* arena_next = nullptr;  // the next free slot of last_arena
   Lock gfree_lock;
   G* gfree = nullptr;  // full batches of kGFreeBatch, chained by batchlink
   std::atomic<std::uint64_t> goid{1};
@@ -472,9 +482,11 @@ P* PIdleGet() {
 }
 
 M* MIdleGet() {
-  if (g_sched->midle.empty()) return nullptr;
-  M* m = g_sched->midle.back();
-  g_sched->midle.pop_back();
+  M* m = g_sched->midle;
+  if (m == nullptr) return nullptr;
+  g_sched->midle = m->idle_next;
+  m->idle_next = nullptr;
+  --g_sched->nmidle;
   return m;
 }
 
@@ -888,7 +900,9 @@ bool StopM(M* m, std::int64_t deadline) {
   {
     std::lock_guard<Lock> l(g_sched->lock);
     if (g_sched->stopping.load(std::memory_order_acquire)) return false;
-    g_sched->midle.push_back(m);
+    m->idle_next = g_sched->midle;
+    g_sched->midle = m;
+    ++g_sched->nmidle;
   }
   NoteSleep(&m->note, deadline);
   P* p;
@@ -896,8 +910,15 @@ bool StopM(M* m, std::int64_t deadline) {
     std::lock_guard<Lock> l(g_sched->lock);
     p = m->nextp.exchange(nullptr, std::memory_order_relaxed);
     if (p == nullptr) {
-      auto it = std::find(g_sched->midle.begin(), g_sched->midle.end(), m);
-      if (it != g_sched->midle.end()) g_sched->midle.erase(it);
+      for (M** link = &g_sched->midle; *link != nullptr;
+           link = &(*link)->idle_next) {
+        if (*link == m) {
+          *link = m->idle_next;
+          m->idle_next = nullptr;
+          --g_sched->nmidle;
+          break;
+        }
+      }
       return false;
     }
   }
@@ -1263,22 +1284,49 @@ void SwitchAway(bool exiting, Fiber::AfterSwitch hook, void* arg) {
 
 // G structs come from arenas of huge-page-eligible memory: a million Gs
 // queued at once then cost a few hundred page faults, not ~60,000 (a fresh
-// page costs 10-20 us to fault in on this VM). Called with allg_lock held.
+// page costs 10-20 us to fault in on this VM). An arena's first slot is its
+// header, which chains the arenas; G slots follow, filled in order. Making
+// a G never calls malloc: a steady spawn/exit load that outgrows the free
+// Gs now and then (a P's magazines fill before they spill) allocates
+// nothing (SpawnExitBurstsReuseGsAndStacks counts operator new).
+constexpr std::size_t kGArenaBytes = 32u << 20;
+constexpr std::size_t kGSlot = (sizeof(G) + 63) & ~std::size_t{63};
+static_assert(sizeof(GArena) <= kGSlot);
+
+char* GArenaSlots(GArena* a) { return reinterpret_cast<char*>(a) + kGSlot; }
+char* GArenaEnd(GArena* a) {
+  return reinterpret_cast<char*>(a) + kGArenaBytes / kGSlot * kGSlot;
+}
+
+// Called with allg_lock held.
 G* NewGStorage() {
-  constexpr std::size_t kArenaBytes = 32u << 20;
-  constexpr std::size_t kSlot = (sizeof(G) + 63) & ~std::size_t{63};
-  if (g_sched->arena_next + kSlot > g_sched->arena_end) {
-    void* mem = mmap(nullptr, kArenaBytes, PROT_READ | PROT_WRITE,
+  if (g_sched->last_arena == nullptr ||
+      g_sched->arena_next == GArenaEnd(g_sched->last_arena)) {
+    void* mem = mmap(nullptr, kGArenaBytes, PROT_READ | PROT_WRITE,
                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (mem == MAP_FAILED) Fatal("gort: out of memory for fiber control blocks");
-    madvise(mem, kArenaBytes, MADV_HUGEPAGE);  // a hint; fine if refused
-    g_sched->arenas.push_back(mem);
-    g_sched->arena_next = static_cast<char*>(mem);
-    g_sched->arena_end = g_sched->arena_next + kArenaBytes;
+    madvise(mem, kGArenaBytes, MADV_HUGEPAGE);  // a hint; fine if refused
+    auto* arena = new (mem) GArena;
+    (g_sched->last_arena != nullptr ? g_sched->last_arena->next
+                                    : g_sched->first_arena) = arena;
+    g_sched->last_arena = arena;
+    g_sched->arena_next = GArenaSlots(arena);
   }
   G* g = new (g_sched->arena_next) G;
-  g_sched->arena_next += kSlot;
+  g_sched->arena_next += kGSlot;
   return g;
+}
+
+// Calls fn(g) for every G ever made, in the order made. Called with
+// allg_lock held (or, at Shutdown, with no other thread left).
+template <typename Fn>
+void ForEachG(Fn fn) {
+  for (GArena* a = g_sched->first_arena; a != nullptr; a = a->next) {
+    char* end = a == g_sched->last_arena ? g_sched->arena_next : GArenaEnd(a);
+    for (char* slot = GArenaSlots(a); slot < end; slot += kGSlot) {
+      fn(reinterpret_cast<G*>(slot));
+    }
+  }
 }
 
 G* AllocG() {
@@ -1327,9 +1375,7 @@ G* AllocG() {
     }
   }
   std::lock_guard<Lock> l(g_sched->allg_lock);
-  G* g = NewGStorage();
-  g_sched->allg.push_back(g);
-  return g;
+  return NewGStorage();
 }
 
 // Executed on the M that ran g, after g's fiber is gone (or by AbortSpawn,
@@ -2086,8 +2132,12 @@ bool Shutdown(absl::Duration timeout) {
   // high-water mark is trimmed here, with nobody left to defer to.
   SetStackTrimmingDeferred(false);
   InstallSchedulerHooks(nullptr);
-  for (G* g : g_sched->allg) g->~G();
-  for (void* arena : g_sched->arenas) munmap(arena, 32u << 20);
+  ForEachG([](G* g) { g->~G(); });
+  for (GArena* a = g_sched->first_arena; a != nullptr;) {
+    GArena* next = a->next;
+    munmap(a, kGArenaBytes);
+    a = next;
+  }
   for (P* p : g_sched->allp) delete p;
   while (GQueueChunk* c = g_sched->runq_head) {  // empty, or abandoned Gs
     g_sched->runq_head = c->next;
@@ -2301,9 +2351,9 @@ void ForEachFiber(const std::function<void(const FiberInfo&)>& fn) {
   std::vector<FiberInfo> infos;
   {
     std::lock_guard<Lock> l(g_sched->allg_lock);
-    for (G* g : g_sched->allg) {
+    ForEachG([&](G* g) {
       GStatus st = g->status.load(std::memory_order_acquire);
-      if (st == GStatus::kIdle || st == GStatus::kDead) continue;
+      if (st == GStatus::kIdle || st == GStatus::kDead) return;
       FiberInfo info{};
       info.id = g->id;
       switch (st) {
@@ -2319,7 +2369,7 @@ void ForEachFiber(const std::function<void(const FiberInfo&)>& fn) {
           st == GStatus::kRunning ? nullptr
                                   : g->saved_fp.load(std::memory_order_acquire);
       infos.push_back(info);
-    }
+    });
   }
   for (const FiberInfo& info : infos) fn(info);
 }
@@ -2332,7 +2382,7 @@ SchedStats GetSchedStats() {
   {
     std::lock_guard<Lock> l(g_sched->lock);
     s.threads = static_cast<int>(g_sched->allm.size());
-    s.idle_threads = static_cast<int>(g_sched->midle.size());
+    s.idle_threads = g_sched->nmidle;
   }
   s.spinning_threads = g_sched->nmspinning.load(std::memory_order_relaxed);
   s.global_runq = g_sched->runq_size.load(std::memory_order_relaxed);

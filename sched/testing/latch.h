@@ -1,6 +1,8 @@
 // A minimal WaitGroup-like counter for //sched's own tests and benchmarks,
 // built on the parking API only (//sync has the real WaitGroup). Any number
-// of waiters, fibers or threads.
+// of waiters, fibers or threads. It allocates nothing: each waiter's
+// record lives on its own stack, so tests can count the runtime's own
+// allocations around it.
 
 #ifndef GORT_SCHED_TESTING_LATCH_H_
 #define GORT_SCHED_TESTING_LATCH_H_
@@ -8,7 +10,6 @@
 #include <atomic>
 #include <cstdint>
 #include <mutex>
-#include <vector>
 
 #include "sched/internal/futex.h"
 #include "sched/park.h"
@@ -38,14 +39,20 @@ class Latch {
     // outside the lock, a waiter that came by between our decrement and our
     // lock returned at once, and we then locked a dead latch (seen as a
     // hang of sched_bench, 2026-11-28).
-    std::vector<ParkTicket> waiters;
+    Waiter* waiters;
     {
       std::lock_guard<sched_internal::Lock> l(lock_);
       if (count_.fetch_sub(1, std::memory_order_acq_rel) != 1) return;
-      waiters.swap(waiters_);
+      waiters = waiters_;
+      waiters_ = nullptr;
     }
-    // The tickets are ours now; the latch may already be gone.
-    for (ParkTicket t : waiters) Unpark(t);
+    // The records are ours now; the latch may already be gone. A record
+    // lives until its waiter is unparked: read it before the Unpark.
+    while (waiters != nullptr) {
+      const ParkTicket t = waiters->ticket;
+      waiters = waiters->next;
+      Unpark(t);
+    }
   }
 
   void Wait() {
@@ -55,9 +62,9 @@ class Latch {
         lock_.unlock();
         return;
       }
-      ParkTicket t = Parker::Current()->Prepare();
-      waiters_.push_back(t);
-      Park(t, WaitReason::kWaitGroup, &Unlock, &lock_);
+      Waiter me{Parker::Current()->Prepare(), waiters_};
+      waiters_ = &me;
+      Park(me.ticket, WaitReason::kWaitGroup, &Unlock, &lock_);
     }
   }
 
@@ -69,9 +76,14 @@ class Latch {
     return true;
   }
 
+  struct Waiter {
+    ParkTicket ticket;
+    Waiter* next;
+  };
+
   std::atomic<std::int64_t> count_;
   sched_internal::Lock lock_;
-  std::vector<ParkTicket> waiters_;
+  Waiter* waiters_ = nullptr;  // a stack of the parked waiters' records
 };
 
 }  // namespace testing
