@@ -106,8 +106,12 @@ std::string Bytes(double b) {
     b /= 1000;
     ++u;
   }
+  // Three significant digits: "4.34 KB", "762 MB", "1.27 GB".
+  const char* format = u == 0 || b >= 100 ? "%.0f %s"
+                       : b >= 10          ? "%.1f %s"
+                                          : "%.2f %s";
   char buf[32];
-  std::snprintf(buf, sizeof(buf), u == 0 ? "%.0f %s" : "%.1f %s", b, units[u]);
+  std::snprintf(buf, sizeof(buf), format, b, units[u]);
   return buf;
 }
 

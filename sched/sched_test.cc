@@ -25,6 +25,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/time/clock.h"
 #include "fiber/fiber.h"
 #include "gtest/gtest.h"
@@ -43,7 +44,9 @@ void* CountedAlloc(std::size_t n, std::size_t align) {
   g_allocations.fetch_add(1, std::memory_order_relaxed);
   void* p = align <= alignof(std::max_align_t)
                 ? std::malloc(n == 0 ? 1 : n)
-                : std::aligned_alloc(align, (n + align - 1) / align * align);
+                : std::aligned_alloc(
+                      align, (std::max<std::size_t>(n, 1) + align - 1) / align *
+                                 align);
   if (p == nullptr) throw std::bad_alloc();
   return p;
 }
@@ -392,8 +395,10 @@ TEST_P(SchedTest, SpawnExitBurstsReuseGsAndStacks) {
   // touches more of its own stack), never one per fiber. On a loaded
   // machine a P may still start a new M now (one whose idle M had not yet
   // reached the idle list): that allocates the M and its thread, once.
-  if (new_threads == 0) EXPECT_EQ(allocations, 0);
-  EXPECT_LE(faults, 64);
+  if (new_threads == 0) {
+    EXPECT_EQ(allocations, 0);
+  }
+  EXPECT_LE(faults, 64 * (1 + new_threads));
 #endif
 }
 
@@ -1414,7 +1419,20 @@ TEST_P(SchedTest, ForEachFiberShowsRunnableAndSyscallFibers) {
     });
     return s;
   };
+  std::atomic<int> spinning{0};
+  std::atomic<bool> release{false};
+  std::atomic<bool> ran{false};
   Latch done(procs + 2);
+  // Whatever the checks find, release every fiber before leaving.
+  bool started_all = false;
+  absl::Cleanup release_all = [&] {
+    release.store(true);
+    EXPECT_EQ(write(fds[1], "x", 1), 1);
+    if (!started_all) done.Add(-(procs + 1));  // only the reader started
+    done.Wait();
+    close(fds[0]);
+    close(fds[1]);
+  };
   Go([&] {
     char c;
     EXPECT_EQ(Blocking([&] { return read(fds[0], &c, 1); }), 1);
@@ -1426,9 +1444,8 @@ TEST_P(SchedTest, ForEachFiberShowsRunnableAndSyscallFibers) {
     absl::SleepFor(absl::Milliseconds(1));
   }
   ASSERT_EQ(states().syscall, 1);
-  // Then every P to a fiber that does not yield.
-  std::atomic<int> spinning{0};
-  std::atomic<bool> release{false};
+  // Then every P to a fiber that does not yield, and one more fiber.
+  started_all = true;
   for (int i = 0; i < procs; ++i) {
     Go([&] {
       spinning.fetch_add(1);
@@ -1440,24 +1457,19 @@ TEST_P(SchedTest, ForEachFiberShowsRunnableAndSyscallFibers) {
   while (spinning.load() < procs && MonoNow() < give_up) {
     absl::SleepFor(absl::Milliseconds(1));
   }
-  ASSERT_EQ(spinning.load(), procs);
-  std::atomic<bool> ran{false};
   Go([&] {
     ran.store(true);
     done.Done();
   });
+  EXPECT_EQ(spinning.load(), procs);
   const States s = states();
   EXPECT_FALSE(ran.load());
   EXPECT_EQ(s.syscall, 1);
   EXPECT_EQ(s.running, procs);
   EXPECT_EQ(s.runnable, 1);
   EXPECT_EQ(s.waiting, 0);
-  release.store(true);
-  ASSERT_EQ(write(fds[1], "x", 1), 1);
-  done.Wait();
+  std::move(release_all).Invoke();
   EXPECT_TRUE(ran.load());
-  close(fds[0]);
-  close(fds[1]);
 }
 
 // A thread's parker and a fiber's: their kind, their owner (a fiber's G,
@@ -1503,7 +1515,8 @@ TEST_P(SchedTest, ParkersTellTheirKindOwnerAndWaitReason) {
     Parker* q = p.load();
     return q == nullptr ? WaitReason::kNone : q->wait_reason();
   };
-  while ((reason(fiber_parker) != WaitReason::kSelect ||
+  while ((fiber_ticket.load() == nullptr || thread_ticket.load() == nullptr ||
+          reason(fiber_parker) != WaitReason::kSelect ||
           reason(thread_parker) != WaitReason::kIOWait) &&
          MonoNow() < give_up) {
     absl::SleepFor(absl::Milliseconds(1));
@@ -1515,9 +1528,15 @@ TEST_P(SchedTest, ParkersTellTheirKindOwnerAndWaitReason) {
     if (info.wait_reason == WaitReason::kSelect) ++selecting;
   });
   EXPECT_EQ(selecting, 1);
-  // Unpark wins whether or not the task got to sleep yet.
-  EXPECT_TRUE(Unpark(*fiber_ticket.load()));
-  EXPECT_TRUE(Unpark(*thread_ticket.load()));
+  // Unpark wins whether or not the task got to sleep yet. (A ticket is
+  // published before its Park: null only if the task never got there.)
+  for (const auto* ticket : {&fiber_ticket, &thread_ticket}) {
+    if (ParkTicket* t = ticket->load()) {
+      EXPECT_TRUE(Unpark(*t));
+    } else {
+      ADD_FAILURE() << "a task never parked";
+    }
+  }
   thread.join();
   done.Wait();
 }
@@ -1990,6 +2009,9 @@ TEST(SchedLifecycleTest, StackSizeOptionSizesEveryFibersStack) {
 TEST(SchedDeathTest, MainReturningEndsTheProgramWithFibersStillAlive) {
   EXPECT_EXIT(
       {
+        // Two Ps: the fiber that spins without a scheduling point holds
+        // one for good (gort does not preempt); main runs on the other.
+        Start({.max_procs = 2});
         const int code = RunMain([] {
           constexpr int kFibers = 7;
           std::atomic<int> started{0};
