@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <array>
 #include <atomic>
+#include <cstddef>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -38,18 +39,22 @@
 // Counts the program's C++ heap allocations (not under the sanitizers,
 // which bring their own operator new), so that a test can say a stretch of
 // work allocated nothing.
+namespace {
 std::atomic<long> g_allocations{0};
+}  // namespace
 #if !defined(GORT_SANITIZED)
+namespace {
 void* CountedAlloc(std::size_t n, std::size_t align) {
   g_allocations.fetch_add(1, std::memory_order_relaxed);
   void* p = align <= alignof(std::max_align_t)
-                ? std::malloc(n == 0 ? 1 : n)
+                ? std::malloc(std::max<std::size_t>(n, 1))
                 : std::aligned_alloc(
                       align, (std::max<std::size_t>(n, 1) + align - 1) / align *
                                  align);
   if (p == nullptr) throw std::bad_alloc();
   return p;
 }
+}  // namespace
 void* operator new(std::size_t n) { return CountedAlloc(n, 0); }
 void* operator new[](std::size_t n) { return CountedAlloc(n, 0); }
 void* operator new(std::size_t n, std::align_val_t a) {
